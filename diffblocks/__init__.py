@@ -1,0 +1,34 @@
+"""diffblocks: typed, reusable blocks for diffusion pipelines.
+
+The public API lives here. Names are resolved lazily so `import diffblocks` stays cheap and the
+block algebra can be used without loading any model code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    # configurable components
+    "ConfigMixin": "diffblocks.components.config",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'diffblocks' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))
+
+
+__all__ = sorted(_EXPORTS)

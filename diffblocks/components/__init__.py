@@ -1,0 +1,1 @@
+"""Components: specs, the manager, models, schedulers and image processing."""
