@@ -13,6 +13,29 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
+    # block algebra
+    "AutoPipelineBlocks": "diffblocks.blocks",
+    "BlockGraphError": "diffblocks.blocks",
+    "BlockInputError": "diffblocks.blocks",
+    "BlockState": "diffblocks.blocks",
+    "ComponentNotLoadedError": "diffblocks.blocks",
+    "ConfigSpec": "diffblocks.blocks",
+    "InputParam": "diffblocks.blocks",
+    "InsertableDict": "diffblocks.blocks",
+    "LoopSequentialPipelineBlocks": "diffblocks.blocks",
+    "ModularPipelineBlocks": "diffblocks.blocks",
+    "OutputParam": "diffblocks.blocks",
+    "PipelineState": "diffblocks.blocks",
+    "Problem": "diffblocks.blocks",
+    "SequentialPipelineBlocks": "diffblocks.blocks",
+    "Tracer": "diffblocks.blocks",
+    # runtime
+    "ModularPipeline": "diffblocks.runtime.pipeline",
+    "ComponentLoadError": "diffblocks.runtime.pipeline",
+    "TrustRemoteCodeError": "diffblocks.runtime.serialization",
+    # components
+    "ComponentSpec": "diffblocks.components.spec",
+    "ComponentsManager": "diffblocks.components.manager",
     # configurable components
     "ConfigMixin": "diffblocks.components.config",
 }
