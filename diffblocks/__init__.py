@@ -36,6 +36,35 @@ _EXPORTS: dict[str, str] = {
     # components
     "ComponentSpec": "diffblocks.components.spec",
     "ComponentsManager": "diffblocks.components.manager",
+    # models
+    "UNet2DConditionModel": "diffblocks.components.models",
+    "AutoencoderKL": "diffblocks.components.models",
+    "ControlNetModel": "diffblocks.components.models",
+    "ModelMixin": "diffblocks.components.modeling",
+    # schedulers
+    "DDIMScheduler": "diffblocks.components.schedulers",
+    "DPMSolverMultistepScheduler": "diffblocks.components.schedulers",
+    "EulerAncestralDiscreteScheduler": "diffblocks.components.schedulers",
+    "EulerDiscreteScheduler": "diffblocks.components.schedulers",
+    "FlowMatchEulerDiscreteScheduler": "diffblocks.components.schedulers",
+    "PNDMScheduler": "diffblocks.components.schedulers",
+    "SchedulerMixin": "diffblocks.components.schedulers",
+    # guiders
+    "AdaptiveProjectedGuidance": "diffblocks.guiders",
+    "AutoGuidance": "diffblocks.guiders",
+    "BaseGuidance": "diffblocks.guiders",
+    "ClassifierFreeGuidance": "diffblocks.guiders",
+    "ClassifierFreeZeroStarGuidance": "diffblocks.guiders",
+    "FrequencyDecoupledGuidance": "diffblocks.guiders",
+    "GuiderOutput": "diffblocks.guiders",
+    "LayerSkipConfig": "diffblocks.guiders",
+    "PerturbedAttentionGuidance": "diffblocks.guiders",
+    "SkipLayerGuidance": "diffblocks.guiders",
+    "SmoothedEnergyGuidance": "diffblocks.guiders",
+    "SmoothedEnergyGuidanceConfig": "diffblocks.guiders",
+    "TangentialClassifierFreeGuidance": "diffblocks.guiders",
+    # image processing
+    "VaeImageProcessor": "diffblocks.components.image_processor",
     # configurable components
     "ConfigMixin": "diffblocks.components.config",
 }

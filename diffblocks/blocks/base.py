@@ -245,8 +245,8 @@ class ModularPipelineBlocks:
         self._flatten_into("", flat, active)
         if not flat:
             return None
-        if len(flat) == 1 and next(iter(flat.values())) is self:
-            return self
+        if len(flat) == 1 and not isinstance(self, SequentialPipelineBlocks):
+            return next(iter(flat.values()))  # an auto block resolving to a single block, or a leaf itself
         return SequentialPipelineBlocks.from_blocks_dict(flat)
 
     @property
