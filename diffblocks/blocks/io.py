@@ -125,7 +125,8 @@ def merge_sequential(children: list[tuple[str, ModularPipelineBlocks]], head: Bl
     output_index: dict[str, int] = {}
     components = list(head.components) if head else []
     configs = list(head.configs) if head else []
-    produced: set[str] = set()
+    # a loop wrapper writes its own outputs (e.g. the schedule) before its children run
+    produced: set[str] = {o.name for o in head.outputs} if head else set()
     maybe_produced: set[str] = set()
 
     for name, child in children:
