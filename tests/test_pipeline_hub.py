@@ -284,3 +284,17 @@ def test_local_folders_never_touch_the_network(tmp_path, monkeypatch):
     repo = write_custom_repo(tmp_path / "custom")
     pipe = ModularPipeline.from_pretrained(repo, trust_remote_code=True)
     assert pipe(latents=torch.ones(1), output="scaled").item() == 2.0
+
+
+def test_enable_model_cpu_offload_builds_a_manager(repo):
+    root, model = repo
+    pipe = blocks().init_pipeline()
+    pipe.update_components(model=ToyModel.from_pretrained(root, subfolder="model"))
+    calls = []
+    pipe.enable_model_cpu_offload(device="cpu", memory_info=lambda device: calls.append(device) or (10**9, 10**9))
+    assert pipe.components_manager is not None
+    assert pipe.components_manager.get_one(name="model") is pipe.model
+    assert str(pipe.execution_device) == "cpu"
+    x = torch.randn(2, 4)
+    assert torch.allclose(pipe(x=x, output="y"), model(x) * 3.0 + 0.5)
+    assert calls  # the memory provider was consulted

@@ -43,12 +43,20 @@ def format_type(hint: Any) -> str:
         if module in ("builtins",):
             return hint.__qualname__
         top = module.split(".")[0]
-        if top in ("torch", "numpy"):
-            return f"{top}.{hint.__qualname__}" if top != "numpy" else f"np.{hint.__qualname__}"
+        if module == "torch":
+            return f"torch.{hint.__qualname__}"
+        if top == "numpy":
+            return f"np.{hint.__qualname__}"
         if top == "PIL":
             return "PIL.Image.Image" if hint.__qualname__ == "Image" else f"PIL.{hint.__qualname__}"
         return hint.__qualname__
     return str(hint).replace("typing.", "")
+
+
+def _string_union(hint: str) -> list[str]:
+    """'torch.Tensor | None' -> ['torch.Tensor'] (None is always allowed for absent values)."""
+    parts = [p.strip() for p in hint.split("|")]
+    return [p for p in parts if p not in ("None", "NoneType")] or ["Any"]
 
 
 def _qualnames(value: Any) -> set[str]:
@@ -84,8 +92,8 @@ def check_value(value: Any, hint: Any) -> tuple[bool, Any]:
     if hint is None or hint is Any or value is None:
         return True, value
     if isinstance(hint, str):
-        result = _matches_string(value, hint)
-        return (result is not False), value
+        results = [_matches_string(value, part) for part in _string_union(hint)]
+        return any(r is not False for r in results), value
     if isinstance(hint, typing.TypeVar):
         return True, value
     origin = get_origin(hint)
@@ -139,7 +147,10 @@ def _leaf_names(hint: Any) -> set[str] | None:
     if hint is None or hint is Any:
         return None
     if isinstance(hint, str):
-        return {_ALIASES.get(hint, hint)}
+        parts = _string_union(hint)
+        if any(p in ("Any", "any", "object") for p in parts):
+            return None
+        return {_ALIASES.get(p, p) for p in parts}
     origin = get_origin(hint)
     if origin in _UNION_TYPES:
         out: set[str] = set()

@@ -243,6 +243,33 @@ class ModularPipeline:
                 obj.to(*args, **kwargs)
         return self
 
+    def enable_model_cpu_offload(self, device: Any = "cuda", memory_reserve_margin: int | str = "3GB",
+                                 **kwargs: Any) -> ModularPipeline:
+        """Keep models on the CPU and move each to `device` just before it runs (see ComponentsManager).
+
+        Builds a ComponentsManager for this pipeline when it has none; a shared manager offloads across
+        every pipeline that uses it.
+        """
+        if self.components_manager is None:
+            from ..components.manager import ComponentsManager
+
+            self.components_manager = ComponentsManager()
+            for name, obj in self._components.items():
+                if obj is not None and self._specs[name].default_creation_method == "from_pretrained":
+                    self.components_manager.add(name, obj, self.collection)
+        self.components_manager.enable_auto_cpu_offload(device=device, memory_reserve_margin=memory_reserve_margin,
+                                                        **kwargs)
+        return self
+
+    @property
+    def execution_device(self):
+        """Where blocks should create tensors: the offload device when auto offload is on, else `device`."""
+        manager = self.components_manager
+        offloader = getattr(manager, "auto_offload", None) if manager is not None else None
+        if offloader is not None:
+            return offloader.device
+        return self.device
+
     def _modules(self):
         import torch
 
