@@ -49,6 +49,8 @@ _EXPORTS: dict[str, str] = {
     "FlowMatchEulerDiscreteScheduler": "diffblocks.components.schedulers",
     "PNDMScheduler": "diffblocks.components.schedulers",
     "SchedulerMixin": "diffblocks.components.schedulers",
+    "UniPCMultistepScheduler": "diffblocks.components.schedulers",
+    "SchedulerOutput": "diffblocks.components.schedulers",
     # guiders
     "AdaptiveProjectedGuidance": "diffblocks.guiders",
     "AutoGuidance": "diffblocks.guiders",
