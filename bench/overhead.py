@@ -1,0 +1,374 @@
+"""Framework overhead: diffblocks vs the reference (diffusers.modular_pipelines) on trivial blocks.
+
+The same three structures are built twice, once on each framework's classes (identical class names and
+block code, only the base classes differ), so every microsecond measured is framework overhead:
+
+  (a) seq8   8 sequential leaves, each reads one or two values and writes one: a whole pipeline call
+  (b) loop   a loop wrapper (the docs' LoopWrapper: get_block_state, `loop_step(components, block_state,
+             i=i)` per iteration, set_block_state) over 3 trivial sub-blocks; per-step overhead is
+             (T(50 steps) - T(1 step)) / 49, so the fixed per-call cost cancels out
+  (c) tree30 5 nested sequentials x 6 leaves plus an auto block (2 branches, one runs): fixed per-call cost
+
+Each figure is the median over many samples of the mean of a batch of calls, after warm-up, with the
+garbage collector paused while timing (the same for both). Both frameworks must return the same outputs
+before anything is timed. The reference's warnings, logging and progress bars are silenced.
+
+    python bench/overhead.py [--quick] [--update-results]
+
+`--update-results` rewrites the "## overhead" section of bench/RESULTS.md (other sections untouched).
+Targets (issue 2): ours < 1 ms per call in every scenario; our per-loop-step overhead <= 0.5x the reference's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import logging
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "RESULTS.md"
+LOOP_STEPS = 50
+
+
+# -- the structures, built on either framework ------------------------------------------------------------------
+def make_blocks(ns: Any) -> dict[str, Any]:
+    """{scenario: (block tree, inputs, output names)} built on the classes in `ns`."""
+    Leaf, Seq, Loop, Auto = (ns.ModularPipelineBlocks, ns.SequentialPipelineBlocks,
+                             ns.LoopSequentialPipelineBlocks, ns.AutoPipelineBlocks)
+    InputParam, OutputParam = ns.InputParam, ns.OutputParam
+
+    def chain_leaf(src: str, dst: str, with_scale: bool, extra: str | None = None) -> type:
+        """Reads `src` (and `scale` when asked), writes `dst`; `extra` declares one more (unused) input."""
+
+        class ChainLeaf(Leaf):
+            @property
+            def inputs(self):
+                params = [InputParam(src, required=True, type_hint=int)]
+                if with_scale:
+                    params.append(InputParam("scale", default=1, type_hint=int))
+                if extra:
+                    params.append(InputParam(extra))
+                return params
+
+            @property
+            def intermediate_outputs(self):
+                return [OutputParam(dst, type_hint=int)]
+
+            def __call__(self, components, state):
+                bs = self.get_block_state(state)
+                setattr(bs, dst, getattr(bs, src) * (bs.scale if with_scale else 1) + 1)
+                self.set_block_state(state, bs)
+                return components, state
+
+        ChainLeaf.__name__ = ChainLeaf.__qualname__ = f"Leaf_{src}_{dst}"
+        return ChainLeaf
+
+    # (a) 8 sequential leaves: v0 -> v1 -> ... -> v8, every other one also reads `scale`
+    seq8 = Seq.from_blocks_dict({f"b{k}": chain_leaf(f"v{k}", f"v{k + 1}", k % 2 == 0) for k in range(8)})
+
+    # (b) the docs' loop wrapper over three trivial sub-blocks sharing one block state
+    def loop_leaf(src: str, dst: str) -> type:
+        class LoopLeaf(Leaf):
+            @property
+            def inputs(self):
+                return [InputParam(src)]
+
+            @property
+            def intermediate_outputs(self):
+                return [OutputParam(dst)]
+
+            def __call__(self, components, block_state, i: int):
+                setattr(block_state, dst, getattr(block_state, src) + i)
+                return components, block_state
+
+        LoopLeaf.__name__ = LoopLeaf.__qualname__ = f"LoopLeaf_{src}_{dst}"
+        return LoopLeaf
+
+    class LoopWrapper(Loop):
+        model_name = "overhead"
+
+        @property
+        def loop_inputs(self):
+            return [InputParam(name="num_steps", required=True, type_hint=int)]
+
+        def __call__(self, components, state):
+            block_state = self.get_block_state(state)
+            for i in range(block_state.num_steps):
+                components, block_state = self.loop_step(components, block_state, i=i)
+            self.set_block_state(state, block_state)
+            return components, state
+
+    # instances: the reference's LoopSequentialPipelineBlocks.from_blocks_dict keeps classes as given
+    loop = LoopWrapper.from_blocks_dict({"s1": loop_leaf("x", "y")(), "s2": loop_leaf("y", "z")(),
+                                         "s3": loop_leaf("z", "x")()})
+
+    # (c) 5 sequentials x 6 leaves, plus an auto block with a triggered and a default branch
+    groups = {}
+    for g in range(5):
+        groups[f"g{g}"] = Seq.from_blocks_dict({
+            f"l{k}": chain_leaf(f"t{6 * g + k}", f"t{6 * g + k + 1}", k % 3 == 0) for k in range(6)
+        })
+
+    class PickBranch(Auto):
+        # the triggered branch declares its trigger: the reference only passes declared inputs to the state
+        block_classes = [chain_leaf("t30", "out", True, extra="mask"), chain_leaf("t30", "out", False)]
+        block_names = ["masked", "plain"]
+        block_trigger_inputs = ["mask", None]
+
+    groups["pick"] = PickBranch
+    tree30 = Seq.from_blocks_dict(groups)
+
+    return {
+        "seq8": (seq8, {"v0": 1, "scale": 2}, ["v8"]),
+        "loop": (loop, {"x": 0, "num_steps": LOOP_STEPS}, ["x", "y", "z"]),
+        "tree30": (tree30, {"t0": 1, "scale": 2, "mask": 1}, ["out", "t15"]),
+    }
+
+
+def ours_namespace() -> SimpleNamespace:
+    import diffblocks.blocks as ours
+
+    return SimpleNamespace(**{n: getattr(ours, n) for n in (
+        "ModularPipelineBlocks", "SequentialPipelineBlocks", "LoopSequentialPipelineBlocks", "AutoPipelineBlocks",
+        "InputParam", "OutputParam", "BlockState")})
+
+
+def reference_namespace() -> SimpleNamespace:
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    import diffusers
+    from diffusers import modular_pipelines as ref
+    from diffusers.utils import logging as dlogging
+
+    dlogging.set_verbosity_error()
+    dlogging.disable_progress_bar()
+    logging.getLogger("diffusers").setLevel(logging.ERROR)
+    del diffusers
+    from diffusers.modular_pipelines.modular_pipeline import BlockState
+
+    return SimpleNamespace(BlockState=BlockState, **{n: getattr(ref, n) for n in (
+        "ModularPipelineBlocks", "SequentialPipelineBlocks", "LoopSequentialPipelineBlocks", "AutoPipelineBlocks",
+        "InputParam", "OutputParam")})
+
+
+# -- timing --------------------------------------------------------------------------------------------------------
+class _PlainState:
+    """A bare attribute bag: the plain-Python floor uses it so neither framework's BlockState is counted there."""
+
+
+def _batch_size(fn: Callable[[], Any], target_sample_s: float) -> int:
+    for _ in range(20):  # warm-up
+        fn()
+    start = time.perf_counter()
+    for _ in range(5):
+        fn()
+    once = max((time.perf_counter() - start) / 5, 1e-7)
+    return max(1, min(2000, int(target_sample_s / once)))
+
+
+def interleaved_medians(fns: dict[str, Callable[[], Any]], samples: int,
+                        target_sample_s: float = 0.002) -> dict[str, list[float]]:
+    """Per-call seconds of every fn, `samples` rounds; each round times one batch of each fn in turn, so a
+    change in machine load (2 shared cores) hits all figures of a round alike. Returns the per-round lists."""
+    batches = {name: _batch_size(fn, target_sample_s) for name, fn in fns.items()}
+    rounds: dict[str, list[float]] = {name: [] for name in fns}
+    gc.collect()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(samples):
+            for name, fn in fns.items():
+                batch = batches[name]
+                start = time.perf_counter()
+                for _ in range(batch):
+                    fn()
+                rounds[name].append((time.perf_counter() - start) / batch)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return rounds
+
+
+def _call(pipe: Any, inputs: dict[str, Any], outputs: list[str]) -> Callable[[], Any]:
+    return lambda: pipe(**inputs, output=outputs)
+
+
+def _plain_loop(loop: Any) -> Callable[[], Any]:
+    """The loop's sub-blocks called in a plain Python loop, in the same form the framework uses
+    (`block(components, block_state, i=i)`), on a bare attribute bag: the cost of the blocks themselves."""
+    subs = tuple(loop.sub_blocks.values())
+
+    def plain_loop() -> None:
+        block_state = _PlainState()
+        block_state.x = 0
+        components = None
+        for i in range(LOOP_STEPS):
+            for block in subs:
+                components, block_state = block(components, block_state, i=i)
+
+    return plain_loop
+
+
+def measure(ours_ns: SimpleNamespace, ref_ns: SimpleNamespace, samples: int) -> tuple[dict, dict]:
+    """{figure: seconds} for ours and the reference; every figure a median over interleaved rounds."""
+    fns: dict[str, Callable[[], Any]] = {}
+    for tag, ns in (("ours", ours_ns), ("ref", ref_ns)):
+        for name, (blocks, inputs, outputs) in make_blocks(ns).items():
+            pipe = blocks.init_pipeline()
+            fns[f"{tag}/{name}"] = _call(pipe, inputs, outputs)
+            if name == "loop":
+                fns[f"{tag}/loop1"] = _call(pipe, {**inputs, "num_steps": 1}, outputs)
+                if tag == "ours":
+                    fns["floor"] = _plain_loop(blocks)
+    rounds = interleaved_medians(fns, samples)
+    med = {name: statistics.median(values) for name, values in rounds.items()}
+    floor = med["floor"] / LOOP_STEPS
+    result = {}
+    for tag in ("ours", "ref"):
+        steps = [(full - one) / (LOOP_STEPS - 1)
+                 for full, one in zip(rounds[f"{tag}/loop"], rounds[f"{tag}/loop1"])]
+        step = statistics.median(steps)
+        result[tag] = {"seq8": med[f"{tag}/seq8"], "tree30": med[f"{tag}/tree30"], "loop_call": med[f"{tag}/loop"],
+                       "loop_step": step, "loop_floor": floor, "loop_fw": step - floor}
+    return result["ours"], result["ref"]
+
+
+def check_parity(ours: SimpleNamespace, ref: SimpleNamespace) -> None:
+    """Both frameworks compute the same values on the same structures (else the timings compare nothing)."""
+    a, b = make_blocks(ours), make_blocks(ref)
+    for name in a:
+        blocks_a, inputs, outputs = a[name]
+        got = blocks_a.init_pipeline()(**inputs, output=outputs)
+        want = b[name][0].init_pipeline()(**inputs, output=outputs)
+        if got != want:
+            raise AssertionError(f"scenario {name!r}: ours {got} != reference {want}")
+
+
+# -- report --------------------------------------------------------------------------------------------------------
+ROWS = [
+    ("seq8", "(a) 8 sequential blocks, whole call", 1),
+    ("seq8", "(a) per block call (whole call / 8)", 8),
+    ("loop_step", "(b) loop: per step, total (3 sub-blocks)", 1),
+    ("loop_floor", "(b) loop: per step, plain-Python floor (same)", 1),
+    ("loop_fw", "(b) loop: per step, framework overhead", 1),
+    ("loop_call", f"(b) loop: whole call, {LOOP_STEPS} steps", 1),
+    ("tree30", "(c) 30-block tree + auto, whole call", 1),
+]
+
+
+def format_table(ours: dict[str, float], ref: dict[str, float]) -> str:
+    width = max(len(label) for _, label, _ in ROWS)
+    lines = [f"| {'scenario':<{width}} | {'ours (us)':>10} | {'reference (us)':>14} | {'ours/ref':>8} |",
+             f"|{'-' * (width + 2)}|{'-' * 11}:|{'-' * 15}:|{'-' * 9}:|"]
+    for key, label, div in ROWS:
+        o, r = ours[key] / div * 1e6, ref[key] / div * 1e6
+        lines.append(f"| {label:<{width}} | {o:>10.1f} | {r:>14.1f} | {o / r:>8.3f} |")
+    return "\n".join(lines)
+
+
+def verdict(ours: dict[str, float], ref: dict[str, float]) -> list[str]:
+    worst = max(ours["seq8"], ours["tree30"], ours["loop_call"])
+    ratio = ours["loop_fw"] / ref["loop_fw"]
+    return [
+        f"- ours under 1 ms per call in every scenario: {'yes' if worst < 1e-3 else 'NO'} "
+        f"(slowest: {worst * 1e3:.3f} ms)",
+        f"- per-loop-step framework overhead <= 0.5x the reference: {'yes' if ratio <= 0.5 else 'NO'} "
+        f"(ratio {ratio:.3f}; per-step total ratio {ours['loop_step'] / ref['loop_step']:.3f})",
+    ]
+
+
+def machine() -> str:
+    cpus = os.cpu_count()
+    try:
+        import torch
+
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    except ImportError:  # pragma: no cover
+        gpu = "no GPU"
+    return f"{cpus}-core CPU ({platform.processor() or platform.machine()}), {gpu}, Python {platform.python_version()}"
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+EXPLANATION = (
+    "Where our time goes: a pipeline call validates the user inputs once against the root's cached port "
+    "table (one `check_value` per input), copies them into a fresh PipelineState and runs the tree. Each "
+    "leaf costs one `get_block_state` and one `set_block_state`, loops over precomputed tuples "
+    "(`read_plan`/`write_plan`, built once per structure and revalidated by an O(1) generation counter), "
+    "so a leaf call is a few dict operations plus the block's own Python; composites iterate their cached "
+    "children. The reference re-reads every leaf's port properties and re-merges composite "
+    "`inputs`/`intermediate_outputs` recursively on each pipeline call and each get/set_block_state, which "
+    "is why (a) and (c) are 2-5x cheaper here (run-to-run spread on the shared cores) and the gap grows "
+    "with tree size. Per loop step both "
+    "frameworks do the same minimal thing, `loop_step` running `block(components, block_state, **kwargs)` "
+    "for each sub-block with no state I/O or validation: what remains over the plain-Python floor "
+    "(~0.3 us for 3 sub-blocks) is the `loop_step` call and CPython's dispatch of the kwargs-forwarded "
+    "calls, so ours equals the reference (ratio ~1.0) and the 0.5x target is not met. Beating it needs "
+    "generated per-step code calling pre-bound `__call__`s with explicit keywords (probed: about -25% of "
+    "the per-step total), which would go stale if a block class's `__call__` is patched after the first "
+    "run; at ~1 us per step against a model step of milliseconds it was not worth that."
+)
+
+
+def update_results(text: str) -> None:
+    existing = RESULTS.read_text() if RESULTS.exists() else ""
+    section = "## overhead\n\n" + text.rstrip() + "\n"
+    pattern = re.compile(r"^## overhead\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(existing):
+        new = pattern.sub(lambda _: section + "\n", existing, count=1)
+    else:
+        new = existing.rstrip() + ("\n\n" if existing.strip() else "") + section
+    RESULTS.write_text(new.rstrip() + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=200, help="timed samples per figure (median taken)")
+    parser.add_argument("--quick", action="store_true", help="few samples: checks the script, numbers are noisy")
+    parser.add_argument("--update-results", action="store_true", help="rewrite the overhead section of RESULTS.md")
+    args = parser.parse_args(argv)
+    samples = 10 if args.quick else args.samples
+
+    ours_ns, ref_ns = ours_namespace(), reference_namespace()
+    check_parity(ours_ns, ref_ns)
+    ours, ref = measure(ours_ns, ref_ns, samples)
+    table = format_table(ours, ref)
+    lines = verdict(ours, ref)
+    header = (f"Date {datetime.date.today().isoformat()}; machine: {machine()}; commit {git_commit()}; "
+              f"median of {samples} interleaved rounds (a ~2 ms batch of calls per figure each) after warm-up, gc paused.")
+    sys.stdout.write(header + "\n\n" + table + "\n\n" + "\n".join(lines) + "\n")
+    if args.update_results:
+        body = (
+            "`bench/overhead.py`: framework overhead with trivial blocks, ours vs the same structures built on "
+            "`diffusers.modular_pipelines` 0.42 (outputs checked equal first). (a) 8 sequential leaves; "
+            f"(b) the docs' LoopWrapper over 3 sub-blocks, per-step = (T({LOOP_STEPS}) - T(1)) / {LOOP_STEPS - 1}; "
+            "(c) 5 x 6 nested sequential leaves plus an auto block. Run `python bench/overhead.py "
+            "--update-results` to refresh this section.\n\n"
+            f"{header}\n\n{table}\n\n" + "\n".join(lines) + "\n\n" + EXPLANATION
+        )
+        update_results(body)
+
+
+if __name__ == "__main__":
+    main()
