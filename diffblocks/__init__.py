@@ -40,6 +40,7 @@ _EXPORTS: dict[str, str] = {
     "UNet2DConditionModel": "diffblocks.components.models",
     "AutoencoderKL": "diffblocks.components.models",
     "ControlNetModel": "diffblocks.components.models",
+    "FluxTransformer2DModel": "diffblocks.components.models",
     "ModelMixin": "diffblocks.components.modeling",
     # schedulers
     "DDIMScheduler": "diffblocks.components.schedulers",

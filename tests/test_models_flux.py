@@ -219,3 +219,39 @@ def test_full_width_one_block_each_matches_reference() -> None:
         expected = ref.eval()(**inputs).sample
         got = ours.eval()(**inputs).sample
     assert_matches(got, expected, what="full-width Flux")
+
+
+def test_compiled_code_path_matches_reference(flux_pair, monkeypatch) -> None:
+    """The formulations used under torch.compile (real-valued RoPE, concatenated proj_out), run eagerly."""
+    ours, ref, config, _ = flux_pair
+    inputs = flux_inputs(config)
+    with torch.no_grad():
+        expected = ref(**inputs).sample
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        got = ours(**inputs).sample
+    assert_matches(got, expected, what="compile-path formulation")
+
+
+def test_lora_scale_in_joint_attention_kwargs_matches_reference(tmp_path) -> None:
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = {**FLUX_TINY, "guidance_embeds": False}
+    ref = save_reference("FluxTransformer2DModel", config, tmp_path, seed=6)
+    ours = FluxTransformer2DModel.from_pretrained(tmp_path)
+    lora = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_v", "proj_out", "ff.net.2"])
+    for model in (ours, ref):
+        inject_adapter_in_model(copy.deepcopy(lora), model)
+    gen = torch.Generator().manual_seed(9)
+    lora_weights = {k: torch.randn(v.shape, generator=gen) * 0.1 for k, v in ref.state_dict().items() if "lora_" in k}
+    assert lora_weights and set(lora_weights) <= set(ours.state_dict())
+    ref.load_state_dict(lora_weights, strict=False)
+    ours.load_state_dict(lora_weights, strict=False)
+    inputs = flux_inputs(config)
+    with torch.no_grad():
+        plain = ours(**inputs).sample
+        got = ours(**inputs, joint_attention_kwargs={"scale": 0.3}).sample
+        expected = ref(**inputs, joint_attention_kwargs={"scale": 0.3}).sample
+        after = ours(**inputs).sample
+    assert_matches(got, expected, what="LoRA scale 0.3")
+    assert (got - plain).abs().max() > 1e-3
+    assert torch.equal(after, plain)  # the scale applies to one call only

@@ -105,12 +105,14 @@ class FluxSingleTransformerBlock(nn.Module):
         self.attn = FluxAttention(dim, num_attention_heads, attention_head_dim, pre_only=True, eps=1e-6)
 
     def _project_out(self, attn_out: torch.Tensor, mlp_out: torch.Tensor) -> torch.Tensor:
-        """``proj_out(cat([attn_out, mlp_out], -1))`` as two GEMMs on column slices of the weight (no concat).
+        """``proj_out(cat([attn_out, mlp_out], -1))``; eagerly as two GEMMs on column slices of the weight.
 
-        A wrapped `proj_out` (a LoRA layer, say) is called as a module so its own forward applies.
+        The split skips writing and re-reading the ``(tokens, 5 * dim)`` concatenation. Under ``torch.compile``
+        the concatenation stays (inductor writes the producers straight into it), and a wrapped `proj_out`
+        (a LoRA layer, say) is called as a module so its own forward applies.
         """
         proj = self.proj_out
-        if type(proj) is not nn.Linear:
+        if type(proj) is not nn.Linear or torch.compiler.is_compiling():
             return proj(torch.cat([attn_out, mlp_out], dim=2))
         split = attn_out.shape[-1]
         out = F.linear(attn_out, proj.weight[:, :split], proj.bias)

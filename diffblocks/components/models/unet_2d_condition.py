@@ -196,9 +196,9 @@ class UNet2DConditionModel(ModelMixin, _ConditioningEmbeddings):
             raise ValueError(f"time_embedding_type={time_embedding_type!r} is not supported; expected 'positional'.")
         if norm_num_groups is None:
             raise ValueError("norm_num_groups=None is not supported by the SD block types.")
-        if isinstance(transformer_layers_per_block, (list, tuple)) and reverse_transformer_layers_per_block is None:
-            if any(isinstance(x, (list, tuple)) for x in transformer_layers_per_block):
-                raise ValueError("Per-layer transformer_layers_per_block lists need reverse_transformer_layers_per_block.")
+        if (isinstance(transformer_layers_per_block, (list, tuple)) and reverse_transformer_layers_per_block is None
+                and any(isinstance(x, (list, tuple)) for x in transformer_layers_per_block)):
+            raise ValueError("Per-layer transformer_layers_per_block lists need reverse_transformer_layers_per_block.")
 
         def per_block(value: Any, name: str) -> list:
             values = [value] * n if isinstance(value, (int, bool)) or value is None else list(value)
