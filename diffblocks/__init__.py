@@ -42,6 +42,7 @@ _EXPORTS: dict[str, str] = {
     "ControlNetModel": "diffblocks.components.models",
     "FluxTransformer2DModel": "diffblocks.components.models",
     "ModelMixin": "diffblocks.components.modeling",
+    "CheckpointError": "diffblocks.components.modeling",
     # schedulers
     "DDIMScheduler": "diffblocks.components.schedulers",
     "DPMSolverMultistepScheduler": "diffblocks.components.schedulers",
