@@ -1,0 +1,270 @@
+"""Flux encoders: prompts (CLIP pooled output + T5 sequence) and images (VAE latents, inpainting masks)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import PIL.Image
+import torch
+from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+
+from ...blocks import BlockInputError, InputParam, ModularPipelineBlocks, OutputParam
+from ...components.models import AutoencoderKL
+from ...components.spec import ComponentSpec
+from .utils import (
+    execution_device,
+    guider_for_call,
+    guider_spec,
+    image_processor_spec,
+    mask_processor_spec,
+    resolve_size,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FluxInpaintVaeEncoderStep", "FluxTextEncoderStep", "FluxVaeEncoderStep"]
+
+MAX_T5_LENGTH = 512
+IMAGE_HINT = "PIL.Image.Image | np.ndarray | torch.Tensor | list"
+
+
+def _as_list(block: str, name: str, value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise BlockInputError(f"Block {block!r}: input {name!r} must be a string or a non-empty list of strings, "
+                          f"got {type(value).__name__}.", block=block, input_name=name)
+
+
+def _warn_truncated(tokenizer: Any, prompts: list[str], ids: torch.Tensor, limit: int, what: str) -> None:
+    full = tokenizer(prompts, padding="longest", return_tensors="pt").input_ids
+    if full.shape[-1] > ids.shape[-1]:
+        removed = tokenizer.batch_decode(full[:, limit - 1: -1])
+        logger.warning("Part of the prompt was truncated because %s is %d tokens: %s", what, limit, removed)
+
+
+class FluxTextEncoderStep(ModularPipelineBlocks):
+    """CLIP gives the pooled prompt vector, T5 the token sequence; negatives only when true CFG runs."""
+
+    model_name = "flux"
+
+    @property
+    def description(self) -> str:
+        return ("Text encoder step: pooled_prompt_embeds from CLIP (`prompt`) and prompt_embeds from T5 "
+                "(`prompt_2`, defaults to `prompt`, padded to `max_sequence_length`). Negative embeddings are "
+                "computed only when the call's guider needs them (true CFG: `true_cfg_scale` > 1 and a "
+                "`negative_prompt`). Precomputed embeddings pass through.")
+
+    @property
+    def expected_components(self) -> list[ComponentSpec]:
+        return [
+            ComponentSpec("text_encoder", CLIPTextModel),
+            ComponentSpec("tokenizer", CLIPTokenizer),
+            ComponentSpec("text_encoder_2", T5EncoderModel),
+            ComponentSpec("tokenizer_2", T5TokenizerFast),
+            guider_spec(),
+        ]
+
+    @property
+    def inputs(self) -> list[InputParam]:
+        text = "str | list[str]"
+        return [
+            InputParam("prompt", type_hint=text, description="prompt(s) for both encoders"),
+            InputParam("prompt_2", type_hint=text, description="prompt(s) for T5 (defaults to `prompt`)"),
+            InputParam("negative_prompt", type_hint=text, description="negative prompt(s) for true CFG"),
+            InputParam("negative_prompt_2", type_hint=text,
+                       description="negative prompt(s) for T5 (defaults to `negative_prompt`)"),
+            InputParam("true_cfg_scale", type_hint=float,
+                       description="true classifier-free guidance scale for this call (> 1 with a negative prompt "
+                                   "runs a second, unconditional pass; default: the guider's, i.e. off)"),
+            InputParam("max_sequence_length", type_hint=int, default=512, description="T5 tokens (at most 512)"),
+            InputParam("prompt_embeds", type_hint=torch.Tensor, description="precomputed T5 embeddings"),
+            InputParam("pooled_prompt_embeds", type_hint=torch.Tensor, description="precomputed CLIP pooled output"),
+            InputParam("negative_prompt_embeds", type_hint=torch.Tensor),
+            InputParam("negative_pooled_prompt_embeds", type_hint=torch.Tensor),
+        ]
+
+    @property
+    def intermediate_outputs(self) -> list[OutputParam]:
+        return [
+            OutputParam("prompt_embeds", torch.Tensor, "T5 sequence embeddings (prompts, seq, dim)",
+                        kwargs_type="denoiser_input_fields"),
+            OutputParam("pooled_prompt_embeds", torch.Tensor, "CLIP pooled embeddings (prompts, dim)",
+                        kwargs_type="denoiser_input_fields"),
+            OutputParam("negative_prompt_embeds", torch.Tensor, "T5 embeddings of the negative prompt, or None",
+                        kwargs_type="denoiser_input_fields"),
+            OutputParam("negative_pooled_prompt_embeds", torch.Tensor, "CLIP pooled negative embeddings, or None",
+                        kwargs_type="denoiser_input_fields"),
+        ]
+
+    @staticmethod
+    def _clip_pooled(components: Any, prompts: list[str], device: torch.device) -> torch.Tensor:
+        tokenizer, encoder = components.tokenizer, components.text_encoder
+        limit = tokenizer.model_max_length
+        ids = tokenizer(prompts, padding="max_length", max_length=limit, truncation=True,
+                        return_tensors="pt").input_ids
+        _warn_truncated(tokenizer, prompts, ids, limit, "CLIP's maximum length")
+        pooled = encoder(ids.to(encoder.device), output_hidden_states=False).pooler_output
+        return pooled.to(dtype=encoder.dtype, device=device)
+
+    @staticmethod
+    def _t5_sequence(components: Any, prompts: list[str], max_length: int, device: torch.device) -> torch.Tensor:
+        tokenizer, encoder = components.tokenizer_2, components.text_encoder_2
+        ids = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        _warn_truncated(tokenizer, prompts, ids, max_length, "max_sequence_length")
+        embeds = encoder(ids.to(encoder.device), output_hidden_states=False)[0]
+        return embeds.to(dtype=encoder.dtype, device=device)
+
+    def _encode(self, components: Any, prompt: list[str], prompt_2: list[str] | None, max_length: int,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        prompt_2 = prompt_2 or prompt
+        if len(prompt_2) != len(prompt):
+            name = type(self).__name__
+            raise BlockInputError(f"Block {name!r}: input 'prompt_2' has {len(prompt_2)} prompts but 'prompt' has "
+                                  f"{len(prompt)}; give the same number.", block=name, input_name="prompt_2")
+        pooled = self._clip_pooled(components, prompt, device)
+        return self._t5_sequence(components, prompt_2, max_length, device), pooled
+
+    def __call__(self, components: Any, state: Any):
+        bs = self.get_block_state(state)
+        name = type(self).__name__
+        max_length = bs.max_sequence_length
+        if not 0 < max_length <= MAX_T5_LENGTH:
+            raise BlockInputError(f"Block {name!r}: input 'max_sequence_length' must be in [1, {MAX_T5_LENGTH}], "
+                                  f"got {max_length}.", block=name, input_name="max_sequence_length")
+        device = execution_device(components)
+        prompt = _as_list(name, "prompt", bs.prompt)
+        prompt_2 = _as_list(name, "prompt_2", bs.prompt_2)
+        negative = _as_list(name, "negative_prompt", bs.negative_prompt)
+        negative_2 = _as_list(name, "negative_prompt_2", bs.negative_prompt_2)
+
+        if bs.prompt_embeds is None:
+            if prompt is None:
+                raise BlockInputError(f"Block {name!r}: give 'prompt' (or 'prompt_embeds' with "
+                                      f"'pooled_prompt_embeds').", block=name, input_name="prompt")
+            bs.prompt_embeds, bs.pooled_prompt_embeds = self._encode(components, prompt, prompt_2, max_length, device)
+        elif prompt is not None or bs.pooled_prompt_embeds is None:
+            bad = "prompt" if prompt is not None else "pooled_prompt_embeds"
+            raise BlockInputError(f"Block {name!r}: with 'prompt_embeds' give 'pooled_prompt_embeds' and no "
+                                  f"'prompt' (got {bad!r} wrong).", block=name, input_name=bad)
+
+        guider = guider_for_call(components, bs.true_cfg_scale)
+        has_negative = negative is not None or bs.negative_prompt_embeds is not None
+        if guider.requires_unconditional and has_negative:
+            if bs.negative_prompt_embeds is None:
+                if negative_2 is not None and len(negative_2) != len(negative):
+                    raise BlockInputError(f"Block {name!r}: 'negative_prompt_2' and 'negative_prompt' differ in "
+                                          f"length.", block=name, input_name="negative_prompt_2")
+                bs.negative_prompt_embeds, bs.negative_pooled_prompt_embeds = self._encode(
+                    components, negative, negative_2, max_length, device)
+            elif bs.negative_pooled_prompt_embeds is None:
+                raise BlockInputError(f"Block {name!r}: 'negative_prompt_embeds' needs "
+                                      f"'negative_pooled_prompt_embeds'.", block=name,
+                                      input_name="negative_pooled_prompt_embeds")
+        else:
+            if guider.requires_unconditional:
+                logger.info("%s: the guider asks for guidance but no negative prompt was given; running the "
+                            "conditional pass only (as FluxPipeline does).", name)
+            bs.negative_prompt_embeds = None
+            bs.negative_pooled_prompt_embeds = None
+        self.set_block_state(state, bs)
+        return components, state
+
+
+class FluxVaeEncoderStep(ModularPipelineBlocks):
+    """Image -> scaled VAE latents ``(latent - shift_factor) * scaling_factor``, one sample per image."""
+
+    model_name = "flux"
+
+    @property
+    def description(self) -> str:
+        return ("VAE encoder step: preprocesses `image` to height x width (default 1024 px for the 8x VAE) and "
+                "encodes it into image_latents (sampled with `generator`).")
+
+    @property
+    def expected_components(self) -> list[ComponentSpec]:
+        return [ComponentSpec("vae", AutoencoderKL), image_processor_spec()]
+
+    @property
+    def inputs(self) -> list[InputParam]:
+        return [
+            InputParam("image", type_hint=IMAGE_HINT, required=True,
+                       description="init image(s): PIL, numpy or tensor in [0, 1]"),
+            InputParam("height", type_hint=int, description="output height in pixels"),
+            InputParam("width", type_hint=int, description="output width in pixels"),
+            InputParam("generator", description="torch.Generator, or one per image"),
+        ]
+
+    @property
+    def intermediate_outputs(self) -> list[OutputParam]:
+        return [OutputParam("image_latents", torch.Tensor, "scaled VAE latents of the image(s), (N, 16, h, w)")]
+
+    @staticmethod
+    def encode(vae: Any, image: torch.Tensor, generator: Any) -> torch.Tensor:
+        image = image.to(device=vae.device, dtype=vae.dtype)
+        if isinstance(generator, list):
+            latents = torch.cat([vae.encode(image[i:i + 1]).latent_dist.sample(generator[i])
+                                 for i in range(image.shape[0])], dim=0)
+        else:
+            latents = vae.encode(image).latent_dist.sample(generator)
+        return (latents - vae.config.shift_factor) * vae.config.scaling_factor
+
+    def _check_image(self, name: str, image: Any) -> None:
+        items = image if isinstance(image, (list, tuple)) else [image]
+        import numpy as np
+
+        if not items or not all(isinstance(i, (PIL.Image.Image, np.ndarray, torch.Tensor)) for i in items):
+            block = type(self).__name__
+            raise BlockInputError(f"Block {block!r}: input {name!r} must be a PIL image, numpy array or tensor "
+                                  f"(or a non-empty list of them), got {type(image).__name__}.",
+                                  block=block, input_name=name)
+
+    def _encode_image(self, components: Any, bs: Any) -> None:
+        self._check_image("image", bs.image)
+        bs.height, bs.width = resolve_size(type(self).__name__, components, bs.height, bs.width)
+        image = components.image_processor.preprocess(bs.image, height=bs.height, width=bs.width)
+        bs.image_latents = self.encode(components.vae, image.to(torch.float32), bs.generator)
+
+    def __call__(self, components: Any, state: Any):
+        bs = self.get_block_state(state)
+        self._encode_image(components, bs)
+        self.set_block_state(state, bs)
+        return components, state
+
+
+class FluxInpaintVaeEncoderStep(FluxVaeEncoderStep):
+    """Image latents plus the preprocessed (binarised) mask; white mask pixels are repainted."""
+
+    @property
+    def description(self) -> str:
+        return ("Inpaint VAE encoder step: encodes `image` into image_latents and preprocesses `mask_image` "
+                "(white = repaint) to height x width.")
+
+    @property
+    def expected_components(self) -> list[ComponentSpec]:
+        return [*super().expected_components, mask_processor_spec()]
+
+    @property
+    def inputs(self) -> list[InputParam]:
+        return [*super().inputs,
+                InputParam("mask_image", type_hint=IMAGE_HINT, required=True,
+                           description="mask(s): white = repaint, black = keep")]
+
+    @property
+    def intermediate_outputs(self) -> list[OutputParam]:
+        return [*super().intermediate_outputs,
+                OutputParam("processed_mask_image", torch.Tensor, "binarised mask(s), (N, 1, height, width)")]
+
+    def __call__(self, components: Any, state: Any):
+        bs = self.get_block_state(state)
+        self._check_image("mask_image", bs.mask_image)
+        self._encode_image(components, bs)
+        bs.processed_mask_image = components.mask_processor.preprocess(bs.mask_image, height=bs.height,
+                                                                       width=bs.width)
+        self.set_block_state(state, bs)
+        return components, state

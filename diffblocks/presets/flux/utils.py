@@ -1,0 +1,130 @@
+"""Helpers shared by the Flux steps: latent packing, position ids, sizes, component lookups.
+
+Flux works on *packed* latents: each 2x2 patch of the 16-channel VAE latent becomes one token of 64 features,
+so the latent grid must have even sides and the image sides must be multiples of ``2 * vae_scale_factor``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ...blocks import BlockInputError
+from ...components.image_processor import VaeImageProcessor
+from ...components.spec import ComponentSpec
+from ...guiders import ClassifierFreeGuidance
+
+DEFAULT_SAMPLE_SIZE = 128  # latent side of the default image (1024 px with the 8x Flux VAE)
+
+
+def optional_component(components: Any, name: str) -> Any:
+    try:
+        return getattr(components, name)
+    except Exception:  # not part of this pipeline, or not given to a standalone block run
+        return None
+
+
+def execution_device(components: Any) -> torch.device:
+    device = optional_component(components, "execution_device")
+    if device is not None:
+        return torch.device(device)
+    for name in ("transformer", "vae", "text_encoder_2", "text_encoder"):
+        module = optional_component(components, name)
+        if isinstance(module, torch.nn.Module):
+            for p in module.parameters():
+                return p.device
+    return torch.device("cpu")
+
+
+def vae_scale_factor(components: Any) -> int:
+    vae = optional_component(components, "vae")
+    return 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
+
+
+def latent_channels(components: Any) -> int:
+    transformer = optional_component(components, "transformer")
+    if transformer is not None:
+        return transformer.config.in_channels // 4
+    vae = optional_component(components, "vae")
+    return vae.config.latent_channels if vae is not None else 16
+
+
+def resolve_size(block: str, components: Any, height: int | None, width: int | None) -> tuple[int, int]:
+    """Height and width in pixels: defaults from the VAE, checked to be multiples of ``2 * vae_scale_factor``."""
+    factor = vae_scale_factor(components)
+    default = DEFAULT_SAMPLE_SIZE * factor
+    height, width = int(height or default), int(width or default)
+    multiple = 2 * factor
+    if height % multiple or width % multiple or height <= 0 or width <= 0:
+        raise BlockInputError(
+            f"Block {block!r}: inputs 'height' and 'width' must be positive multiples of {multiple} (2 x the VAE's downscale "
+            f"factor {factor}, for the 2x2 latent patches), got height={height}, width={width}.",
+            block=block, input_name="height" if height % multiple or height <= 0 else "width")
+    return height, width
+
+
+def latent_size(components: Any, height: int, width: int) -> tuple[int, int]:
+    factor = vae_scale_factor(components)
+    return height // factor, width // factor
+
+
+def pack_latents(latents: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H/2 * W/2, C * 4): one token per 2x2 patch, patch-major within the token."""
+    b, c, h, w = latents.shape
+    latents = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return latents.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack_latents(latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Inverse of `pack_latents` for a latent grid of `height` x `width`."""
+    b, _, features = latents.shape
+    latents = latents.view(b, height // 2, width // 2, features // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return latents.reshape(b, features // 4, height, width)
+
+
+def image_ids(latent_height: int, latent_width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """RoPE ids of the image tokens: (0, row, col) per 2x2 patch, row-major."""
+    ids = torch.zeros(latent_height // 2, latent_width // 2, 3)
+    ids[..., 1] = torch.arange(latent_height // 2)[:, None]
+    ids[..., 2] = torch.arange(latent_width // 2)[None, :]
+    return ids.reshape(-1, 3).to(device=device, dtype=dtype)
+
+
+def repeat_to_batch(block: str, name: str, tensor: torch.Tensor, total: int) -> torch.Tensor:
+    """Tile a batch of n images to `total` (``cat([x] * (total // n))``, the standard pipelines' order)."""
+    n = tensor.shape[0]
+    if n == total:
+        return tensor
+    if total % n:
+        raise BlockInputError(
+            f"Block {block!r}: cannot repeat {n} {name} to the effective batch of {total} (prompts x "
+            f"num_images_per_prompt); give 1 or a divisor of {total}.", block=block, input_name=name)
+    return tensor.repeat(total // n, *([1] * (tensor.ndim - 1)))
+
+
+def guider_spec() -> ComponentSpec:
+    """True CFG is off by default (FLUX.1-dev is guidance-distilled); `true_cfg_scale` turns it on per call."""
+    return ComponentSpec("guider", ClassifierFreeGuidance, config={"guidance_scale": 1.0},
+                         default_creation_method="from_config")
+
+
+def image_processor_spec() -> ComponentSpec:
+    return ComponentSpec("image_processor", VaeImageProcessor,
+                         config={"vae_scale_factor": 16, "vae_latent_channels": 16},
+                         default_creation_method="from_config")
+
+
+def mask_processor_spec() -> ComponentSpec:
+    return ComponentSpec("mask_processor", VaeImageProcessor,
+                         config={"vae_scale_factor": 16, "vae_latent_channels": 16, "do_normalize": False,
+                                 "do_binarize": True, "do_convert_grayscale": True},
+                         default_creation_method="from_config")
+
+
+def guider_for_call(components: Any, true_cfg_scale: float | None) -> Any:
+    """The guider of one call: the component, with `true_cfg_scale` as its guidance scale when given."""
+    guider = components.guider
+    if true_cfg_scale is not None and hasattr(guider, "guidance_scale"):
+        guider = guider.with_overrides(guidance_scale=float(true_cfg_scale))
+    return guider
