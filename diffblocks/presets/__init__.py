@@ -11,7 +11,26 @@ from typing import Any
 
 __all__ = ["STANDARD_PIPELINES", "blocks_for_standard_pipeline"]
 
-STANDARD_PIPELINES: dict[str, tuple[str, str]] = {}
+_SD = ("diffblocks.presets.sd", "StableDiffusionAutoBlocks")
+_SDXL = ("diffblocks.presets.sdxl", "StableDiffusionXLAutoBlocks")
+_FLUX = ("diffblocks.presets.flux", "FluxAutoBlocks")
+STANDARD_PIPELINES: dict[str, tuple[str, str]] = {
+    "StableDiffusionPipeline": _SD,
+    "StableDiffusionImg2ImgPipeline": _SD,
+    "StableDiffusionInpaintPipeline": _SD,
+    "StableDiffusionControlNetPipeline": _SD,
+    "StableDiffusionControlNetImg2ImgPipeline": _SD,
+    "StableDiffusionControlNetInpaintPipeline": _SD,
+    "StableDiffusionXLPipeline": _SDXL,
+    "StableDiffusionXLImg2ImgPipeline": _SDXL,
+    "StableDiffusionXLInpaintPipeline": _SDXL,
+    "StableDiffusionXLControlNetPipeline": _SDXL,
+    "StableDiffusionXLControlNetImg2ImgPipeline": _SDXL,
+    "StableDiffusionXLControlNetInpaintPipeline": _SDXL,
+    "FluxPipeline": _FLUX,
+    "FluxImg2ImgPipeline": _FLUX,
+    "FluxInpaintPipeline": _FLUX,
+}
 
 
 def blocks_for_standard_pipeline(class_name: str | None, model_index: dict[str, Any]):
