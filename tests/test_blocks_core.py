@@ -237,3 +237,40 @@ def test_malformed_composites_raise():
         _ = loop.inputs
     with pytest.raises(TypeError, match="not a ModularPipelineBlocks"):
         SequentialPipelineBlocks.from_blocks_dict({"x": int})
+
+
+def test_loop_step_error_names_the_failing_sub_block_and_follows_edits():
+    from diffblocks import LoopSequentialPipelineBlocks
+
+    class Count(ModularPipelineBlocks):
+        @property
+        def inputs(self):
+            return [InputParam("n")]
+
+        def __call__(self, comps, bs, i):
+            bs.n += 1
+            return comps, bs
+
+    class Fail(ModularPipelineBlocks):
+        def __call__(self, comps, bs, i):
+            if i == 2:
+                raise ValueError("bad step")
+            return comps, bs
+
+    class Loop(LoopSequentialPipelineBlocks):
+        def __call__(self, comps, state):
+            bs = self.get_block_state(state)
+            for i in range(3):
+                comps, bs = self.loop_step(comps, bs, i=i)
+            self.set_block_state(state, bs)
+            return comps, state
+
+    loop = Loop.from_blocks_dict({"count": Count})
+    pipe = loop.init_pipeline()
+    assert pipe(n=0).values["n"] == 3
+    loop.sub_blocks["twice"] = Count()  # the cached step plan follows edits
+    assert loop.init_pipeline()(n=0).values["n"] == 6
+    loop.sub_blocks["fail"] = Fail()
+    with pytest.raises(ValueError, match="bad step") as err:
+        loop.init_pipeline()(n=0)
+    assert any("'fail'" in note for note in err.value.__notes__)

@@ -329,7 +329,7 @@ class ModularPipelineBlocks:
         new = type(self).__new__(type(self))
         memo[id(self)] = new
         for key, value in self.__dict__.items():
-            if key == "_io_cache":
+            if key in ("_io_cache", "_step_plan"):
                 continue
             new.__dict__[key] = copy.deepcopy(value, memo)
         return new

@@ -6,6 +6,7 @@ from typing import Any
 
 from .composite import CompositeBlocks, locate_error
 from .errors import BlockGraphError
+from .insertable_dict import _generation
 from .io import BlockIO, merge_sequential
 from .params import ConfigSpec, InputParam, OutputParam
 from .state import BlockState
@@ -60,13 +61,34 @@ class LoopSequentialPipelineBlocks(CompositeBlocks):
 
     def loop_step(self, components: Any, block_state: BlockState, **kwargs: Any):
         """One iteration: every sub-block in order on the shared block state."""
-        for name, block in self._io().children:
-            try:
+        plan = self.__dict__.get("_step_plan")
+        if plan is None or plan[0] != _generation[0]:
+            plan = self._make_step_plan()
+        try:
+            for block in plan[1]:
                 components, block_state = block(components, block_state, **kwargs)
-            except Exception as exc:
-                locate_error(exc, name)
-                raise
+        except Exception as exc:
+            locate_error(exc, self._failing_child(exc))
+            raise
         return components, block_state
+
+    def _make_step_plan(self) -> tuple:
+        """(generation, sub-blocks): the per-step loop reads only this, checked in O(1)."""
+        io = self._io()
+        plan = (io.generation, tuple(block for _, block in io.children))
+        self.__dict__["_step_plan"] = plan
+        return plan
+
+    def _failing_child(self, exc: BaseException) -> str:
+        """Name of the sub-block whose call raised (found from the traceback, off the hot path)."""
+        by_id = {id(block): name for name, block in self.sub_blocks.items()}
+        tb = exc.__traceback__
+        while tb is not None:
+            owner = tb.tb_frame.f_locals.get("self")
+            if owner is not self and id(owner) in by_id:
+                return by_id[id(owner)]
+            tb = tb.tb_next
+        return "?"
 
     def set_block_state(self, state, block_state: BlockState) -> None:
         """Like a leaf, but sub-block outputs a zero-iteration loop never produced are not required."""
