@@ -7,16 +7,11 @@ characters and their ``</w>`` forms plus the two special tokens). Each builder r
 from __future__ import annotations
 
 import json
-import os
 import string
 from pathlib import Path
 
 import torch
 from model_fixtures import CONTROLNET, INPAINT_UNET, SD2_UNET, SD15_UNET, SD_VAE, SDXL_UNET, perturb_
-
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # two xdist workers x two intra-op threads oversubscribe a 2-core machine (about 10x slower); one each
-    torch.set_num_threads(1)
 
 MAX_LENGTH = 16  # tokenizer model_max_length: short sequences keep the tiny pipelines fast
 SD_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)

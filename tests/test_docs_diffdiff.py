@@ -11,6 +11,8 @@ import torch
 from fixtures_sd import build_sdxl, test_image
 from PIL import Image
 
+from diffblocks import ModularPipeline
+
 DOC = Path(__file__).resolve().parents[1] / "docs" / "differential_diffusion.md"
 
 
@@ -34,7 +36,10 @@ def doc_namespace(tmp_path_factory):
     ns["out_dir"] = root
     exec(compile(code, str(DOC), "exec"), ns)
     ns["dd_pipeline"].set_progress_bar_config(disable=True)
-    ns["base"].set_progress_bar_config(disable=True)
+    base = ModularPipeline.from_pretrained(str(repo))  # the stock auto preset, for comparison
+    base.load_components()
+    base.set_progress_bar_config(disable=True)
+    ns["base"] = base
     return ns
 
 

@@ -58,10 +58,10 @@ class ModularPipeline:
         collection: str | None = None,
         index: dict[str, Any] | None = None,
     ) -> None:
-        from .serialization import apply_index, read_modular_index
+        from .serialization import apply_index, read_index
 
         if index is None and pretrained_model_name_or_path is not None:
-            index = read_modular_index(pretrained_model_name_or_path)
+            index, _ = read_index(pretrained_model_name_or_path)
         if blocks is None:
             raise ValueError("ModularPipeline needs blocks: use blocks.init_pipeline(...) or ModularPipeline.from_pretrained(...)")
         object.__setattr__(self, "_initialised", False)

@@ -299,22 +299,39 @@ def load_blocks(repo_or_dir: str | os.PathLike, trust_remote_code: bool = False,
 
 
 # -- pipelines -------------------------------------------------------------------------------------------------
+def standard_index(repo: str, standard: dict[str, Any]) -> dict[str, Any]:
+    """A standard repo's model_index.json as modular index entries pointing at its subfolders."""
+    index: dict[str, Any] = {
+        name: [value[0], value[1], {"pretrained_model_name_or_path": repo, "subfolder": name,
+                                    "type_hint": [value[0], value[1]]}]
+        for name, value in standard.items()
+        if not name.startswith("_") and isinstance(value, list) and len(value) == 2 and value[0]
+    }
+    index.update({k: v for k, v in standard.items() if not k.startswith("_") and not isinstance(v, list)})
+    return index
+
+
+def read_index(repo: str | os.PathLike, revision: str | None = None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(modular index, raw standard model_index.json): the modular one when the repo has it."""
+    index = read_modular_index(repo, revision)
+    if index is not None:
+        return index, None
+    standard = _read_json(repo, STANDARD_INDEX_NAME, revision)
+    if standard is None:
+        return None, None
+    return standard_index(str(repo), standard), standard
+
+
 def pipeline_from_repo(cls: type[ModularPipeline], repo_or_dir: str | os.PathLike, trust_remote_code: bool,
                        components_manager: Any, collection: str | None, revision: str | None) -> ModularPipeline:
     repo = str(repo_or_dir)
-    index = read_modular_index(repo, revision)
+    index, standard = read_index(repo, revision)
     if index is None:
-        standard = _read_json(repo, STANDARD_INDEX_NAME, revision)
-        if standard is None:
-            raise OSError(f"{repo} has neither {INDEX_NAME} nor {STANDARD_INDEX_NAME}")
+        raise OSError(f"{repo} has neither {INDEX_NAME} nor {STANDARD_INDEX_NAME}")
+    if standard is not None:
         from ..presets import blocks_for_standard_pipeline
 
         blocks = blocks_for_standard_pipeline(standard.get("_class_name"), standard)
-        index = {name: [value[0], value[1], {"pretrained_model_name_or_path": repo, "subfolder": name,
-                                             "type_hint": [value[0], value[1]]}]
-                 for name, value in standard.items()
-                 if not name.startswith("_") and isinstance(value, list) and len(value) == 2 and value[0]}
-        index.update({k: v for k, v in standard.items() if not k.startswith("_") and not isinstance(v, list)})
     else:
         blocks = _blocks_from_repo(repo, index, trust_remote_code, revision)
         if blocks is None:
