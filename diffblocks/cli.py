@@ -16,6 +16,7 @@ NAMED_BLOCKS: dict[str, tuple[str, str]] = {
     "toy": ("diffblocks.presets.toy", "ToyDiffusionBlocks"),
     "sd": ("diffblocks.presets.sd", "StableDiffusionAutoBlocks"),
     "sdxl": ("diffblocks.presets.sdxl", "StableDiffusionXLAutoBlocks"),
+    "flux": ("diffblocks.presets.flux", "FluxAutoBlocks"),
 }
 
 

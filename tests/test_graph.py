@@ -108,3 +108,33 @@ def test_toy_workflow_converges_to_target():
     assert torch.allclose(mean, torch.tensor([2.0, -1.0], dtype=torch.float64), atol=0.1)
     shifted = pipe(init_points=torch.zeros(64, 2), num_points=64, output="points")
     assert shifted.shape == (64, 2)
+
+
+def test_validate_understands_branches_selected_by_what_a_skippable_producer_outputs():
+    Enc = leaf("Enc", [InputParam("image", required=True)], [OutputParam("image_latents"), OutputParam("mask")])
+    VaeEnc = type("VaeEnc", (AutoPipelineBlocks,), {"block_classes": [Enc], "block_names": ["enc"],
+                                                    "block_trigger_inputs": ["image"]})
+    Use = leaf("Use", [InputParam("image_latents", required=True)], [OutputParam("latents")])
+    T2I = leaf("T2I", [], [OutputParam("latents")])
+
+    def prep(trigger):
+        return type("Prep", (AutoPipelineBlocks,), {"block_classes": [Use, T2I], "block_names": ["use", "t2i"],
+                                                    "block_trigger_inputs": [trigger, None]})
+
+    # `use` runs only when `mask` is present, which only the encoder (the producer) outputs: fine
+    assert SequentialPipelineBlocks.from_blocks_dict({"vae": VaeEnc, "prep": prep("mask")}).validate() == []
+    # selected by the value itself: fine too
+    assert SequentialPipelineBlocks.from_blocks_dict({"vae": VaeEnc, "prep": prep("image_latents")}).validate() == []
+    # selected by something unrelated: the producer may not have run
+    problems = SequentialPipelineBlocks.from_blocks_dict({"vae": VaeEnc, "prep": prep("other")}).validate()
+    assert [(p.kind, p.block, p.name) for p in problems] == [("maybe_missing_input", "prep.use", "image_latents")]
+
+
+def test_presets_validate_clean():
+    from diffblocks.presets.flux import FluxAutoBlocks
+    from diffblocks.presets.sd import StableDiffusionAutoBlocks
+    from diffblocks.presets.sdxl import StableDiffusionXLAutoBlocks
+
+    for cls in (StableDiffusionAutoBlocks, StableDiffusionXLAutoBlocks, FluxAutoBlocks):
+        assert cls().validate() == [], cls.__name__
+        json.dumps(cls().node_spec())

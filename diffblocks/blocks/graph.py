@@ -103,15 +103,20 @@ def validate(block: ModularPipelineBlocks, inputs: list[str] | None = None) -> l
     provided = set(inputs) if inputs is not None else None
     problems: list[Problem] = []
 
-    def check_unit(unit: _Unit, produced: dict[str, tuple[str, Any]], maybe: dict[str, tuple[str, Any]]) -> None:
+    def check_unit(unit: _Unit, produced: dict[str, tuple], maybe: dict[str, tuple], triggers: frozenset) -> None:
         io = unit.block._io()
+        # a trigger that an earlier branch outputs implies that branch's own triggers were present
+        implied = triggers.union(*(maybe[t][3] for t in triggers if t in maybe))
         for p in io.inputs:
             if p.name is None:
                 continue
             source = produced.get(p.name) or maybe.get(p.name)
             if p.name in io.required and p.name not in produced:
                 given = provided is not None and p.name in provided
-                if p.name in maybe and not given:
+                # A branch selected by a trigger the skippable producer also outputs (or by the value
+                # itself) only runs when that producer ran: not a problem.
+                correlated = p.name in maybe and (p.name in triggers or bool(implied & (maybe[p.name][2] | maybe[p.name][3])))
+                if p.name in maybe and not given and not correlated:
                     problems.append(Problem(
                         "maybe_missing_input", unit.path, p.name,
                         f"required input is produced only by a block that may be skipped ({maybe[p.name][0]})",
@@ -135,38 +140,43 @@ def validate(block: ModularPipelineBlocks, inputs: list[str] | None = None) -> l
                     f"{format_type(p.type_hint)}"))
         own_inputs = {p.name for p in io.inputs}
         for o in io.outputs:
-            earlier = produced.get(o.name) or maybe.get(o.name)
+            earlier = produced.get(o.name)  # a value a skippable branch may produce is an alternative, not shadowed
             if earlier is not None and o.name not in own_inputs and earlier[0] != unit.path:
                 problems.append(Problem(
                     "output_shadowing", unit.path, o.name,
                     f"overwrites the value {earlier[0]!r} produced without reading it", "warning"))
 
-    def walk(node: ModularPipelineBlocks, prefix: str, produced: dict, maybe: dict) -> None:
+    def walk(node: ModularPipelineBlocks, prefix: str, produced: dict, maybe: dict, triggers: frozenset) -> None:
         if _is_unit(node):
             unit = _Unit(prefix or type(node).__name__, node, None)
-            check_unit(unit, produced, maybe)
+            check_unit(unit, produced, maybe, triggers)
+            outputs = frozenset(o.name for o in node._io().outputs)
             for o in node._io().outputs:
-                produced[o.name] = (unit.path, o.type_hint)
+                produced[o.name] = (unit.path, o.type_hint, outputs, triggers)
             return
         if isinstance(node, AutoPipelineBlocks):
             branch_results = []
-            for name, child in node.sub_blocks.items():
+            for (name, child), trigger in zip(node.sub_blocks.items(), node._triggers):
                 p2, m2 = dict(produced), dict(maybe)
-                walk(child, f"{prefix}.{name}" if prefix else name, p2, m2)
+                branch_triggers = triggers | {trigger} if trigger is not None else triggers
+                walk(child, f"{prefix}.{name}" if prefix else name, p2, m2, branch_triggers)
                 branch_results.append((p2, m2))
             all_names = set().union(*(set(p) for p, _ in branch_results)) if branch_results else set()
             for name in all_names:
                 in_all = all(name in p for p, _ in branch_results)
-                entry = next(p[name] for p, _ in branch_results if name in p)
+                entries = [p[name] for p, _ in branch_results if name in p]
+                # what any producing branch outputs / is selected by, for the correlation rule above
+                entry = (entries[0][0], entries[0][1], frozenset().union(*(e[2] for e in entries)),
+                         frozenset().union(*(e[3] for e in entries)))
                 if in_all and not node.is_skippable:
                     produced[name] = entry
                 elif name not in produced:
                     maybe[name] = entry
             return
         for name, child in node.sub_blocks.items():
-            walk(child, f"{prefix}.{name}" if prefix else name, produced, maybe)
+            walk(child, f"{prefix}.{name}" if prefix else name, produced, maybe, triggers)
 
-    walk(block, "", {}, {})
+    walk(block, "", {}, {}, frozenset())
     # the same finding from several auto branches is reported once
     unique: dict[tuple, Problem] = {}
     for problem in problems:
