@@ -322,14 +322,14 @@ EXPLANATION = (
     "is why (a) and (c) are 2-5x cheaper here (run-to-run spread on the shared cores) and the gap grows "
     "with tree size. Per loop step both "
     "frameworks do the same minimal thing, `loop_step` running `block(components, block_state, **kwargs)` "
-    "for each sub-block with no state I/O or validation. Ours reads one cached tuple of sub-blocks checked "
-    "by the O(1) generation counter and locates a failing sub-block from the traceback only on error, "
-    "which brings its overhead to ~0.85-0.9x the reference's; what remains over the plain-Python floor "
+    "for each sub-block with no state I/O or validation. Ours installs, on first use, a step function on the "
+    "loop instance (shadowing the method, so no method binding per step) that holds the sub-blocks in "
+    "closure cells, checks the O(1) generation counter and locates a failing sub-block from the traceback "
+    "only on error, which brings its overhead to ~0.7x the reference's; what remains over the floor "
     "(~0.3 us for 3 sub-blocks) is the `loop_step` call itself and CPython's dispatch of the "
-    "kwargs-forwarded calls, which the call convention fixes, so the 0.5x target is not met. Generated "
-    "per-step code calling pre-bound `__call__`s (probed: about -25% of the per-step total) would go stale "
-    "if a block class's `__call__` is patched after the first run; at ~1 us per step against a model step "
-    "of milliseconds it was not worth that."
+    "kwargs-forwarded calls, which the call convention fixes, so the 0.5x target is not met. Unrolling the "
+    "sub-block calls into `exec`-generated code was probed at 0.53-0.66x: not worth code generation for "
+    "~0.05 us per step against a model step of milliseconds."
 )
 
 

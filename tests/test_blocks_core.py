@@ -274,3 +274,39 @@ def test_loop_step_error_names_the_failing_sub_block_and_follows_edits():
     with pytest.raises(ValueError, match="bad step") as err:
         loop.init_pipeline()(n=0)
     assert any("'fail'" in note for note in err.value.__notes__)
+
+
+def test_copied_loop_runs_its_own_sub_blocks():
+    import copy
+
+    from diffblocks import LoopSequentialPipelineBlocks
+
+    class Add(ModularPipelineBlocks):
+        def __init__(self, amount=1):
+            self.amount = amount
+
+        @property
+        def inputs(self):
+            return [InputParam("n")]
+
+        @property
+        def intermediate_outputs(self):
+            return [OutputParam("n")]
+
+        def __call__(self, comps, bs, i):
+            bs.n += self.amount
+            return comps, bs
+
+    class Loop(LoopSequentialPipelineBlocks):
+        def __call__(self, comps, state):
+            bs = self.get_block_state(state)
+            for i in range(2):
+                comps, bs = self.loop_step(comps, bs, i=i)
+            self.set_block_state(state, bs)
+            return comps, state
+
+    loop = Loop.from_blocks_dict({"add": Add(1)})
+    assert loop.run(None, n=0) == {"n": 2}  # the fast step function is now installed on `loop`
+    clone = copy.deepcopy(loop)
+    clone.sub_blocks["add"].amount = 10
+    assert clone.run(None, n=0) == {"n": 20} and loop.run(None, n=0) == {"n": 2}

@@ -329,7 +329,7 @@ class ModularPipelineBlocks:
         new = type(self).__new__(type(self))
         memo[id(self)] = new
         for key, value in self.__dict__.items():
-            if key in ("_io_cache", "_step_plan"):
+            if key in ("_io_cache", "loop_step"):
                 continue
             new.__dict__[key] = copy.deepcopy(value, memo)
         return new

@@ -60,24 +60,32 @@ class LoopSequentialPipelineBlocks(CompositeBlocks):
         return merge_sequential(list(self.sub_blocks.items()), head=head)
 
     def loop_step(self, components: Any, block_state: BlockState, **kwargs: Any):
-        """One iteration: every sub-block in order on the shared block state."""
-        plan = self.__dict__.get("_step_plan")
-        if plan is None or plan[0] != _generation[0]:
-            plan = self._make_step_plan()
-        try:
-            for block in plan[1]:
-                components, block_state = block(components, block_state, **kwargs)
-        except Exception as exc:
-            locate_error(exc, self._failing_child(exc))
-            raise
-        return components, block_state
+        """One iteration: every sub-block in order on the shared block state.
 
-    def _make_step_plan(self) -> tuple:
-        """(generation, sub-blocks): the per-step loop reads only this, checked in O(1)."""
+        The first call installs a specialised step function on the instance (it shadows this method) that
+        holds the sub-blocks in closure cells; it falls back here when any `sub_blocks` is edited.
+        """
+        return self._install_step()(components, block_state, **kwargs)
+
+    def _install_step(self):
         io = self._io()
-        plan = (io.generation, tuple(block for _, block in io.children))
-        self.__dict__["_step_plan"] = plan
-        return plan
+        blocks = tuple(block for _, block in io.children)
+        generation, current, owner, fallback = io.generation, _generation, self, type(self).loop_step
+
+        def step(components: Any, block_state: BlockState, **kwargs: Any):
+            if current[0] != generation:  # the structure changed: rebuild
+                owner.__dict__.pop("loop_step", None)
+                return fallback(owner, components, block_state, **kwargs)
+            try:
+                for block in blocks:
+                    components, block_state = block(components, block_state, **kwargs)
+            except Exception as exc:
+                locate_error(exc, owner._failing_child(exc))
+                raise
+            return components, block_state
+
+        self.__dict__["loop_step"] = step
+        return step
 
     def _failing_child(self, exc: BaseException) -> str:
         """Name of the sub-block whose call raised (found from the traceback, off the hot path)."""
