@@ -118,6 +118,29 @@ def build_sdxl(root: Path) -> Path:
     return out
 
 
+def build_sdxl_refiner(root: Path) -> Path:
+    """SDXL refiner-shaped folder: text_encoder_2 / tokenizer_2 only, a UNet conditioned on aesthetic scores
+    (time ids = original size, crop top-left, aesthetic score: 5 values), `requires_aesthetics_score: true`."""
+    import diffusers
+
+    te_dim = 32
+    unet = {**SDXL_UNET, "cross_attention_dim": te_dim,
+            "projection_class_embeddings_input_dim": te_dim + 5 * SDXL_UNET["addition_time_embed_dim"]}
+    pipe = diffusers.StableDiffusionXLImg2ImgPipeline(
+        vae=_diffusers_model("AutoencoderKL", SD_VAE, 51),
+        text_encoder=None,
+        text_encoder_2=_text_encoder(te_dim, 52, projection_dim=te_dim),
+        tokenizer=None,
+        tokenizer_2=_tokenizer(root / "_tok2"),
+        unet=_diffusers_model("UNet2DConditionModel", unet, 54),
+        scheduler=diffusers.EulerDiscreteScheduler(**SD_SCHEDULER, steps_offset=1),
+        requires_aesthetics_score=True, force_zeros_for_empty_prompt=False,
+    )
+    out = root / "sdxl-refiner"
+    pipe.save_pretrained(str(out))
+    return out
+
+
 def build_controlnet(root: Path) -> Path:
     out = root / "controlnet"
     # one downsampling conditioning stage: the tiny VAE downsamples by 2, not 8

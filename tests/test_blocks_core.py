@@ -310,3 +310,15 @@ def test_copied_loop_runs_its_own_sub_blocks():
     clone = copy.deepcopy(loop)
     clone.sub_blocks["add"].amount = 10
     assert clone.run(None, n=0) == {"n": 20} and loop.run(None, n=0) == {"n": 2}
+
+
+def test_reading_an_undeclared_field_explains_what_is_declared():
+    Reads = leaf("Reads", [InputParam("x")], ["y"], set_(y=lambda bs: bs.typo))
+    with pytest.raises(AttributeError) as err:
+        Reads().run(None, x=1)
+    assert any("no field 'typo'" in n and "'x'" in n for n in err.value.__notes__)
+    pipe = SequentialPipelineBlocks.from_blocks_dict({"r": Reads}).init_pipeline()
+    with pytest.raises(AttributeError) as err:
+        pipe(x=1)
+    notes = err.value.__notes__
+    assert sum("no field 'typo'" in n for n in notes) == 1 and any("'r'" in n for n in notes)

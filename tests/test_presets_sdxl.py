@@ -128,3 +128,57 @@ def test_sdxl_controlnet(folders, ref, guess_mode):
     got = ours(**kw, control_image=control, generator=torch.Generator().manual_seed(0), output_type="np",
                output="images")
     assert np.abs(got - expected).max() <= TOL
+
+
+@pytest.fixture(scope="module")
+def xl_cn(folders):
+    """Our SDXL pipeline with the tiny SDXL ControlNet."""
+    pipe = ModularPipeline.from_pretrained(str(folders["sdxl"]))
+    pipe.load_components()
+    pipe.set_progress_bar_config(disable=True)
+    pipe.update_components(controlnet=ControlNetModel.from_pretrained(str(folders["controlnet"])))
+    return pipe
+
+
+def _controlnet_ref(cls, ref, folders):
+    net = diffusers.ControlNetModel.from_pretrained(str(folders["controlnet"]))
+    pipe = cls(**ref.components, controlnet=net)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _compare_controlnet(r, ours, control, **kw) -> float:
+    """The reference takes the ControlNet image as `control_image` in its img2img/inpaint pipelines, as we do."""
+    expected = r(**kw, control_image=control, generator=torch.Generator().manual_seed(0), output_type="np").images
+    got = ours(**kw, control_image=control, generator=torch.Generator().manual_seed(0), output_type="np",
+               output="images")
+    assert got.shape == expected.shape and float(expected.std()) > 0.05
+    err = float(np.abs(got - expected).max())
+    assert err <= TOL, f"max abs difference {err:.2e} > {TOL}"
+    # the ControlNet must matter, or parity above would not test it
+    plain = {k: v for k, v in kw.items() if k not in ("controlnet_conditioning_scale", "guess_mode",
+                                                      "control_guidance_start", "control_guidance_end")}
+    without = ours(**plain, generator=torch.Generator().manual_seed(0), output_type="np", output="images")
+    assert np.abs(without - got).max() > 1e-3
+    return err
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"prompt": PROMPTS, "strength": 0.7, "num_images_per_prompt": 2, "controlnet_conditioning_scale": 0.6},
+    {"prompt": "a cat", "negative_prompt": "ugly", "strength": 0.8, "controlnet_conditioning_scale": 0.8,
+     "guess_mode": True, "control_guidance_start": 0.2, "control_guidance_end": 0.8, "crops_coords_top_left": (4, 0)},
+], ids=["batch", "guess-window"])
+def test_sdxl_controlnet_img2img(xl_cn, ref, folders, kwargs):
+    r = _controlnet_ref(diffusers.StableDiffusionXLControlNetImg2ImgPipeline, ref, folders)
+    _compare_controlnet(r, xl_cn, test_image(32, seed=5), image=test_image(32), num_inference_steps=STEPS + 2,
+                        **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"prompt": PROMPTS, "strength": 0.7, "num_images_per_prompt": 2, "controlnet_conditioning_scale": 0.6},
+    {"prompt": "a cat", "strength": 0.9999, "guess_mode": True, "control_guidance_end": 0.7},
+], ids=["batch", "default-strength-guess"])
+def test_sdxl_controlnet_inpaint(xl_cn, ref, folders, kwargs):
+    r = _controlnet_ref(diffusers.StableDiffusionXLControlNetInpaintPipeline, ref, folders)
+    _compare_controlnet(r, xl_cn, test_image(32, seed=5), image=test_image(32),
+                        mask_image=test_image(32, mode="L"), num_inference_steps=STEPS + 1, **kwargs)

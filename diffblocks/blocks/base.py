@@ -9,7 +9,7 @@ from .errors import BlockInputError, ComponentNotLoadedError
 from .insertable_dict import InsertableDict, structure_generation
 from .io import BlockIO, leaf_io
 from .params import ConfigSpec, InputParam, OutputParam
-from .state import BlockState, PipelineState
+from .state import BlockState, PipelineState, note_missing_field
 
 if TYPE_CHECKING:
     import networkx
@@ -225,8 +225,9 @@ class ModularPipelineBlocks:
 
             with torch.no_grad():
                 _, state = self(components, state)
-        except ImportError:  # pragma: no cover - torch is a dependency, but the algebra does not need it
-            _, state = self(components, state)
+        except AttributeError as exc:
+            note_missing_field(exc)
+            raise
         return {o.name: state.values.get(o.name) for o in self.outputs}
 
     # -- selection ----------------------------------------------------------------------------------

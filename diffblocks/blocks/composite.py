@@ -6,6 +6,7 @@ from typing import Any
 
 from .base import ModularPipelineBlocks
 from .insertable_dict import InsertableDict
+from .state import note_missing_field
 
 __all__ = ["CompositeBlocks", "locate_error"]
 
@@ -19,6 +20,7 @@ def locate_error(exc: BaseException, name: str) -> None:
             exc._diffblocks_path = path  # type: ignore[attr-defined]
         except (AttributeError, TypeError):
             return
+        note_missing_field(exc)
     path.insert(0, name)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PipelineState", "BlockState", "summarize_value"]
+__all__ = ["PipelineState", "BlockState", "summarize_value", "note_missing_field"]
 
 
 def summarize_value(value: Any) -> str:
@@ -89,8 +89,9 @@ class PipelineState:
 class BlockState:
     """One block's view of the state: the values it declared, as attributes.
 
-    Reading a name the block did not declare raises; `state["name"]` returns None for absent keys
-    (the Modular Diffusers behaviour).
+    Reading a name the block did not declare raises AttributeError (the pipeline adds a note listing the
+    declared fields; no `__getattr__` here, so attribute access stays on CPython's fast path in the denoise
+    loop); `state["name"]` returns None for absent keys (the Modular Diffusers behaviour).
     """
 
     def __init__(self, **values: Any) -> None:
@@ -105,18 +106,21 @@ class BlockState:
     def __contains__(self, key: str) -> bool:
         return key in self.__dict__
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        fields = [k for k in self.__dict__ if not k.startswith("_")]
-        raise AttributeError(
-            f"BlockState has no field {name!r}. Declared fields: {fields}. "
-            f"Declare it in the block's `inputs` (InputParam) or assign it before reading."
-        )
-
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
     def __repr__(self) -> str:
         body = "\n".join(f"  {k}: {summarize_value(v)}" for k, v in self.as_dict().items())
         return f"BlockState(\n{body}\n)" if body else "BlockState()"
+
+
+def note_missing_field(exc: BaseException) -> None:
+    """Explain an AttributeError from reading an undeclared BlockState field (once per exception)."""
+    if not isinstance(exc, AttributeError) or not isinstance(getattr(exc, "obj", None), BlockState):
+        return
+    if getattr(exc, "_diffblocks_field_noted", False) or not hasattr(exc, "add_note"):
+        return
+    fields = [k for k in exc.obj.__dict__ if not k.startswith("_")]
+    exc.add_note(f"BlockState has no field {exc.name!r}. Declared fields: {fields}. Declare it in the block's "
+                 f"`inputs` (InputParam) or assign it before reading.")
+    exc._diffblocks_field_noted = True

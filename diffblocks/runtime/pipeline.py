@@ -9,7 +9,7 @@ from typing import Any
 
 from ..blocks.base import ModularPipelineBlocks
 from ..blocks.loop import LoopSequentialPipelineBlocks
-from ..blocks.state import PipelineState
+from ..blocks.state import PipelineState, note_missing_field
 from ..blocks.trace import Tracer
 from ..blocks.validation import check_inputs
 from ..components.config import FrozenConfig
@@ -396,6 +396,7 @@ class ModularPipeline:
         return self._select_output(state, output)
 
     def _annotate(self, exc: BaseException) -> None:
+        note_missing_field(exc)
         path = getattr(exc, "_diffblocks_path", None)
         if not path or not hasattr(exc, "add_note"):
             return

@@ -232,10 +232,16 @@ class StableDiffusionXLPrepareAdditionalConditioningStep(ModularPipelineBlocks):
         if expected is not None and passed != expected:
             name = type(self).__name__
             dim = unet.config.addition_time_embed_dim
-            hint = (" The UNet does not use aesthetic scores: set requires_aesthetics_score=False."
-                    if expected - passed == dim else
-                    " The UNet expects aesthetic-score conditioning (a refiner): set requires_aesthetics_score=True."
-                    if passed - expected == dim else "")
+            refiner = getattr(components, "requires_aesthetics_score", False)
+            if expected - passed == dim:
+                hint = " The UNet does not use aesthetic scores: set requires_aesthetics_score=False."
+            elif passed - expected == dim and refiner:
+                hint = (" The UNet is a refiner (requires_aesthetics_score=True): it runs image-to-image only; "
+                        "pass `image` (pixels or the base pipeline's latents).")
+            elif passed - expected == dim:
+                hint = " The UNet expects aesthetic-score conditioning (a refiner): set requires_aesthetics_score=True."
+            else:
+                hint = ""
             raise BlockInputError(f"Block {name!r}: the UNet's added conditioning has {expected} inputs but the "
                                   f"time ids and pooled embeddings give {passed}.{hint}", block=name,
                                   input_name="pooled_prompt_embeds")
