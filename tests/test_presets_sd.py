@@ -261,3 +261,53 @@ def test_bad_inputs(sd15):
     _raises(sd15, "mode", prompt="a", image=test_image(32).convert("CMYK"))
     _raises(sd15, "multiples of", prompt="a", height=30, width=32)
     _raises(sd15, "mask_image", prompt="a", image=test_image(32), mask_image=test_image(16, mode="L"), height=None)
+
+
+def _controlnet_variant_ref(cls, folder, net):
+    ref = _ref(diffusers.StableDiffusionPipeline, folder)
+    components = {k: v for k, v in ref.components.items() if k != "image_encoder"}
+    pipe = cls(**components, controlnet=net)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _compare_controlnet(ref, ours, **kw) -> float:
+    """`control_image` is the ControlNet input in the reference img2img/inpaint ControlNet pipelines and ours."""
+    expected = ref(**kw, generator=torch.Generator().manual_seed(0), output_type="np").images
+    got = ours(**kw, generator=torch.Generator().manual_seed(0), output_type="np", output="images")
+    assert got.shape == expected.shape and expected.std() > 0.05
+    err = float(np.abs(got - expected).max())
+    assert err <= TOL, f"max abs difference {err:.2e} > {TOL}"
+    plain = {k: v for k, v in kw.items() if k not in ("control_image", "controlnet_conditioning_scale", "guess_mode",
+                                                      "control_guidance_start", "control_guidance_end")}
+    without = ours(**plain, generator=torch.Generator().manual_seed(0), output_type="np", output="images")
+    assert np.abs(without - got).max() > 1e-3  # the ControlNet changed the image
+    return err
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"prompt": PROMPTS, "strength": 0.7, "num_images_per_prompt": 2, "controlnet_conditioning_scale": 0.6},
+    {"prompt": "a cat", "negative_prompt": "ugly", "strength": 0.8, "controlnet_conditioning_scale": 0.8,
+     "guess_mode": True, "control_guidance_start": 0.2, "control_guidance_end": 0.8},
+], ids=["batch", "guess-window"])
+def test_sd15_controlnet_img2img(folders, kwargs):
+    net = diffusers.ControlNetModel.from_pretrained(str(folders["controlnet"]))
+    ref = _controlnet_variant_ref(diffusers.StableDiffusionControlNetImg2ImgPipeline, folders["sd15"], net)
+    ours = _ours(folders["sd15"])
+    ours.update_components(controlnet=ControlNetModel.from_pretrained(str(folders["controlnet"])))
+    _compare_controlnet(ref, ours, image=test_image(32), control_image=test_image(32, seed=5),
+                        num_inference_steps=STEPS + 2, **kwargs)
+
+
+@pytest.mark.parametrize("folder,kwargs", [
+    ("sd15", {"prompt": PROMPTS, "strength": 0.7, "num_images_per_prompt": 2, "controlnet_conditioning_scale": 0.6}),
+    ("sd15-inpaint", {"prompt": "a cat", "strength": 1.0, "controlnet_conditioning_scale": 0.5,
+                      "guess_mode": True, "control_guidance_end": 0.7}),
+], ids=["unet4-batch", "unet9-guess"])
+def test_sd15_controlnet_inpaint(folders, folder, kwargs):
+    net = diffusers.ControlNetModel.from_pretrained(str(folders["controlnet"]))
+    ref = _controlnet_variant_ref(diffusers.StableDiffusionControlNetInpaintPipeline, folders[folder], net)
+    ours = _ours(folders[folder])
+    ours.update_components(controlnet=ControlNetModel.from_pretrained(str(folders["controlnet"])))
+    _compare_controlnet(ref, ours, image=test_image(32), mask_image=test_image(32, mode="L"),
+                        control_image=test_image(32, seed=5), num_inference_steps=STEPS + 1, **kwargs)

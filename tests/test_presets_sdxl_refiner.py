@@ -122,3 +122,10 @@ def test_refiner_text2img_is_a_clear_error(refiner):
     # a refiner UNet expects aesthetic-score time ids, which only the image-to-image steps provide
     with pytest.raises(BlockInputError, match="refiner .*image-to-image only"):
         refiner(prompt="a cat", num_inference_steps=2, output="images")
+
+
+def test_refiner_inpaint(folders, refiner):
+    # the inpainting pipeline on a refiner folder conditions on aesthetic scores as well
+    ref = _ref(diffusers.StableDiffusionXLInpaintPipeline, folders["refiner"])
+    _compare(ref, refiner, prompt=PROMPTS, image=test_image(32), mask_image=test_image(32, mode="L"), strength=0.7,
+             guidance_scale=7.5, aesthetic_score=7.5, negative_aesthetic_score=2.0, num_inference_steps=4)

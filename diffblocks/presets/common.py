@@ -15,6 +15,7 @@ import PIL.Image
 import torch
 
 from ..blocks import (
+    AutoPipelineBlocks,
     BlockInputError,
     InputParam,
     LoopSequentialPipelineBlocks,
@@ -36,6 +37,9 @@ from ..guiders import ClassifierFreeGuidance
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "AutoControlNetDenoiseStep", "AutoControlNetInputStep", "AutoDecodeStep", "AutoDenoiseStep",
+    "AutoPrepareLatentsStep", "AutoSetTimestepsStep", "AutoVaeEncoderStep", "InpaintSetTimestepsStep",
+    "standard_workflows",
     "ControlNetDenoiseStep", "ControlNetInputStep", "ControlNetLoopDenoiser", "DecodeStep", "DenoiseLoopWrapper",
     "DenoiseStep", "Img2ImgPrepareLatentsStep", "Img2ImgSetTimestepsStep", "InpaintDecodeStep",
     "InpaintControlNetDenoiseStep", "InpaintDenoiseStep", "InpaintLoopAfterDenoiser", "InputStep", "InpaintLoopBeforeDenoiser", "InpaintPrepareLatentsStep",
@@ -133,14 +137,29 @@ def retrieve_latents(vae: AutoencoderKL, image: torch.Tensor, generator: Any) ->
     return vae.encode(image).latent_dist.sample(generator)
 
 
-def scale_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
+def latent_stats(vae: AutoencoderKL, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per-channel (mean, std) from the VAE config, shaped to broadcast over `latents`; None when not set."""
     mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
-    if mean is not None and std is not None:
-        c = latents.shape[1]
-        mean = torch.tensor(mean, device=latents.device, dtype=latents.dtype).view(1, c, 1, 1)
-        std = torch.tensor(std, device=latents.device, dtype=latents.dtype).view(1, c, 1, 1)
-        return (latents - mean) * vae.config.scaling_factor / std
+    if mean is None or std is None:
+        return None
+    c = latents.shape[1]
+    return (torch.tensor(mean, device=latents.device, dtype=latents.dtype).view(1, c, 1, 1),
+            torch.tensor(std, device=latents.device, dtype=latents.dtype).view(1, c, 1, 1))
+
+
+def scale_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
+    """VAE latents -> the UNet's latent space (the inverse of `unscale_latents`)."""
+    stats = latent_stats(vae, latents)
+    if stats is not None:
+        return (latents - stats[0]) * vae.config.scaling_factor / stats[1]
     return vae.config.scaling_factor * latents
+
+
+def unscale_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
+    stats = latent_stats(vae, latents)
+    if stats is not None:
+        return latents * stats[1] / vae.config.scaling_factor + stats[0]
+    return latents / vae.config.scaling_factor
 
 
 def check_image(block: str, name: str, image: Any) -> None:
@@ -324,6 +343,10 @@ class Img2ImgSetTimestepsStep(ModularPipelineBlocks):
         bs.latent_timestep = timesteps[:1].repeat(bs.batch_size * int(bs.num_images_per_prompt or 1))
         self.set_block_state(state, bs)
         return components, state
+
+
+class InpaintSetTimestepsStep(Img2ImgSetTimestepsStep):
+    default_strength = 1.0
 
 
 # -- latents -------------------------------------------------------------------------------------------------------
@@ -776,7 +799,11 @@ class ControlNetLoopDenoiser(LoopDenoiser):
             reps = c_sample.shape[0] // image.shape[0]
             if reps > 1:
                 image = torch.cat([image] * reps)
-            d, m = net(c_sample, t, encoder_hidden_states=c_kwargs["encoder_hidden_states"], controlnet_cond=image,
+            # a 9-channel inpainting UNet's input carries mask + masked-image latents after the latents;
+            # the ControlNet sees the latents only (as the standard pipelines do)
+            net_sample = c_sample[:, :net.config.in_channels] if c_sample.shape[1] > net.config.in_channels \
+                else c_sample
+            d, m = net(net_sample, t, encoder_hidden_states=c_kwargs["encoder_hidden_states"], controlnet_cond=image,
                        conditioning_scale=scale * k, guess_mode=guess,
                        added_cond_kwargs=c_kwargs.get("added_cond_kwargs"), return_dict=False)
             if down is None:
@@ -897,6 +924,8 @@ class DenoiseLoopWrapper(LoopSequentialPipelineBlocks):
 
     model_name = "stable-diffusion"
     default_guidance_scale = 7.5
+    # subclasses give the three loop steps (before / denoiser / after) in `block_classes`
+    block_names = ["before_denoiser", "denoiser", "after_denoiser"]
 
     @property
     def description(self) -> str:
@@ -940,12 +969,10 @@ class DenoiseLoopWrapper(LoopSequentialPipelineBlocks):
 
 class DenoiseStep(DenoiseLoopWrapper):
     block_classes = [LoopBeforeDenoiser, LoopDenoiser, LoopAfterDenoiser]
-    block_names = ["before_denoiser", "denoiser", "after_denoiser"]
 
 
 class InpaintDenoiseStep(DenoiseLoopWrapper):
     block_classes = [InpaintLoopBeforeDenoiser, LoopDenoiser, InpaintLoopAfterDenoiser]
-    block_names = ["before_denoiser", "denoiser", "after_denoiser"]
 
     @property
     def description(self) -> str:
@@ -954,7 +981,6 @@ class InpaintDenoiseStep(DenoiseLoopWrapper):
 
 class ControlNetDenoiseStep(DenoiseLoopWrapper):
     block_classes = [LoopBeforeDenoiser, ControlNetLoopDenoiser, LoopAfterDenoiser]
-    block_names = ["before_denoiser", "denoiser", "after_denoiser"]
 
     @property
     def description(self) -> str:
@@ -963,7 +989,6 @@ class ControlNetDenoiseStep(DenoiseLoopWrapper):
 
 class InpaintControlNetDenoiseStep(DenoiseLoopWrapper):
     block_classes = [InpaintLoopBeforeDenoiser, ControlNetLoopDenoiser, InpaintLoopAfterDenoiser]
-    block_names = ["before_denoiser", "denoiser", "after_denoiser"]
 
     @property
     def description(self) -> str:
@@ -1093,15 +1118,7 @@ class DecodeStep(ModularPipelineBlocks):
                 latents = latents.float()
             else:
                 latents = latents.to(dtype)
-            mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
-            if mean is not None and std is not None:
-                c = latents.shape[1]
-                mean = torch.tensor(mean, device=latents.device, dtype=latents.dtype).view(1, c, 1, 1)
-                std = torch.tensor(std, device=latents.device, dtype=latents.dtype).view(1, c, 1, 1)
-                latents = latents * std / vae.config.scaling_factor + mean
-            else:
-                latents = latents / vae.config.scaling_factor
-            image = vae.decode(latents, return_dict=False)[0]
+            image = vae.decode(unscale_latents(vae, latents), return_dict=False)[0]
             if upcast:
                 vae.to(dtype=dtype)
             bs.images = components.image_processor.postprocess(image, output_type=bs.output_type)
@@ -1130,3 +1147,89 @@ class InpaintDecodeStep(DecodeStep):
                                  for i in images])
         return components, state
 
+
+
+# -- auto steps (the SD presets use these; SDXL subclasses swap in its named steps) -------------------------------
+class AutoVaeEncoderStep(AutoPipelineBlocks):
+    block_classes = [InpaintVaeEncoderStep, VaeEncoderStep]
+    block_names = ["inpaint", "img2img"]
+    block_trigger_inputs = ["mask_image", "image"]
+
+    @property
+    def description(self) -> str:
+        return ("VAE encoder: `mask_image` (with `image`) -> inpainting inputs; `image` -> image latents; "
+                "skipped for text-to-image")
+
+
+class AutoSetTimestepsStep(AutoPipelineBlocks):
+    block_classes = [InpaintSetTimestepsStep, Img2ImgSetTimestepsStep, SetTimestepsStep]
+    block_names = ["inpaint", "img2img", "text2img"]
+    block_trigger_inputs = ["mask_image", "image", None]
+
+    @property
+    def description(self) -> str:
+        inpaint, img2img = (cls.default_strength for cls in self.block_classes[:2])
+        return (f"Timesteps: `mask_image` -> inpainting (strength {inpaint}), `image` -> img2img (strength "
+                f"{img2img}), else text2img")
+
+
+class AutoPrepareLatentsStep(AutoPipelineBlocks):
+    block_classes = [InpaintPrepareLatentsStep, Img2ImgPrepareLatentsStep, PrepareLatentsStep]
+    block_names = ["inpaint", "img2img", "text2img"]
+    block_trigger_inputs = ["mask_image", "image_latents", None]
+
+    @property
+    def description(self) -> str:
+        return "Latents: `mask_image` -> inpainting, `image_latents` -> img2img, else noise"
+
+
+class AutoControlNetInputStep(AutoPipelineBlocks):
+    block_classes = [ControlNetInputStep]
+    block_names = ["controlnet"]
+    block_trigger_inputs = ["control_image"]
+
+    @property
+    def description(self) -> str:
+        return "ControlNet input: runs only when `control_image` is given"
+
+
+class AutoControlNetDenoiseStep(AutoPipelineBlocks):
+    block_classes = [InpaintControlNetDenoiseStep, ControlNetDenoiseStep]
+    block_names = ["inpaint_controlnet_denoise", "controlnet_denoise"]
+    block_trigger_inputs = ["mask", None]
+
+    @property
+    def description(self) -> str:
+        return "ControlNet denoise: `mask` -> inpainting ControlNet loop, else the ControlNet loop"
+
+
+class AutoDenoiseStep(AutoPipelineBlocks):
+    block_classes = [AutoControlNetDenoiseStep, InpaintDenoiseStep, DenoiseStep]
+    block_names = ["controlnet_denoise", "inpaint_denoise", "denoise"]
+    block_trigger_inputs = ["controlnet_cond", "mask", None]
+
+    @property
+    def description(self) -> str:
+        return "Denoise: `controlnet_cond` -> ControlNet loop, `mask` -> inpainting loop, else the plain loop"
+
+
+class AutoDecodeStep(AutoPipelineBlocks):
+    block_classes = [InpaintDecodeStep, DecodeStep]
+    block_names = ["inpaint_decode", "decode"]
+    block_trigger_inputs = ["padding_mask_crop", None]
+
+    @property
+    def description(self) -> str:
+        return "Decode: with `padding_mask_crop` the inpainted crop is pasted over the original image"
+
+
+def standard_workflows(prefixes: dict[str, dict[str, bool]]) -> dict[str, dict[str, bool]]:
+    """`workflow_map` of an auto preset: text2image / image2image / inpainting, each also under every prefix
+    (e.g. `controlnet_inpainting`) with the prefix's extra trigger inputs."""
+    base = {"text2image": {"prompt": True}, "image2image": {"image": True, "prompt": True},
+            "inpainting": {"mask_image": True, "image": True, "prompt": True}}
+    out = dict(base)
+    for prefix, extra in prefixes.items():
+        for name, triggers in base.items():
+            out[f"{prefix}_{name}"] = {**extra, **triggers}
+    return out

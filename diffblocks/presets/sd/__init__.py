@@ -13,7 +13,6 @@ import torch
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ...blocks import (
-    AutoPipelineBlocks,
     BlockInputError,
     InputParam,
     InsertableDict,
@@ -23,16 +22,23 @@ from ...blocks import (
 )
 from ...components.spec import ComponentSpec
 from ..common import (
+    AutoControlNetDenoiseStep,
+    AutoControlNetInputStep,
+    AutoDecodeStep,
+    AutoDenoiseStep,
+    AutoPrepareLatentsStep,
+    AutoSetTimestepsStep,
+    AutoVaeEncoderStep,
     ControlNetDenoiseStep,
     ControlNetInputStep,
     DecodeStep,
     DenoiseStep,
     Img2ImgPrepareLatentsStep,
     Img2ImgSetTimestepsStep,
-    InpaintControlNetDenoiseStep,
     InpaintDecodeStep,
     InpaintDenoiseStep,
     InpaintPrepareLatentsStep,
+    InpaintSetTimestepsStep,
     InpaintVaeEncoderStep,
     InputStep,
     PrepareLatentsStep,
@@ -42,10 +48,14 @@ from ..common import (
     guidance_inputs,
     guider_for_call,
     guider_spec,
+    standard_workflows,
 )
 
 __all__ = [
     "AUTO_BLOCKS", "CONTROLNET_BLOCKS", "IMAGE2IMAGE_BLOCKS", "INPAINT_BLOCKS", "TEXT2IMAGE_BLOCKS",
+    # shared auto steps, defined in presets.common and re-exported here
+    "AutoControlNetDenoiseStep", "AutoControlNetInputStep", "AutoDecodeStep", "AutoDenoiseStep",
+    "AutoPrepareLatentsStep", "AutoSetTimestepsStep", "AutoVaeEncoderStep", "InpaintSetTimestepsStep",
     "StableDiffusionAutoBlocks", "StableDiffusionInputStep", "StableDiffusionTextEncoderStep", "as_prompt_list",
     "encode_clip",
 ]
@@ -157,10 +167,6 @@ class StableDiffusionInputStep(InputStep):
     embed_names = [("prompt_embeds", "negative_prompt_embeds", False)]
 
 
-class InpaintSetTimestepsStep(Img2ImgSetTimestepsStep):
-    default_strength = 1.0
-
-
 # -- block dicts ---------------------------------------------------------------------------------------------------
 TEXT2IMAGE_BLOCKS = InsertableDict([
     ("text_encoder", StableDiffusionTextEncoderStep),
@@ -203,83 +209,6 @@ CONTROLNET_BLOCKS = InsertableDict([
 
 
 # -- auto preset ---------------------------------------------------------------------------------------------------
-class AutoVaeEncoderStep(AutoPipelineBlocks):
-    block_classes = [InpaintVaeEncoderStep, VaeEncoderStep]
-    block_names = ["inpaint", "img2img"]
-    block_trigger_inputs = ["mask_image", "image"]
-
-    @property
-    def description(self) -> str:
-        return ("VAE encoder: `mask_image` (with `image`) -> inpainting inputs; `image` -> image latents; "
-                "skipped for text-to-image")
-
-
-class AutoSetTimestepsStep(AutoPipelineBlocks):
-    block_classes = [InpaintSetTimestepsStep, Img2ImgSetTimestepsStep, SetTimestepsStep]
-    block_names = ["inpaint", "img2img", "text2img"]
-    block_trigger_inputs = ["mask_image", "image", None]
-
-    @property
-    def description(self) -> str:
-        return "Timesteps: `mask_image` -> inpainting (strength 1.0), `image` -> img2img (strength 0.8), else text2img"
-
-
-class AutoPrepareLatentsStep(AutoPipelineBlocks):
-    block_classes = [InpaintPrepareLatentsStep, Img2ImgPrepareLatentsStep, PrepareLatentsStep]
-    block_names = ["inpaint", "img2img", "text2img"]
-    block_trigger_inputs = ["mask_image", "image_latents", None]
-
-    @property
-    def description(self) -> str:
-        return "Latents: `mask_image` -> inpainting, `image_latents` -> img2img, else noise"
-
-
-class AutoControlNetInputStep(AutoPipelineBlocks):
-    block_classes = [ControlNetInputStep]
-    block_names = ["controlnet"]
-    block_trigger_inputs = ["control_image"]
-
-    @property
-    def description(self) -> str:
-        return "ControlNet input: runs only when `control_image` is given"
-
-
-class AutoControlNetDenoiseStep(AutoPipelineBlocks):
-    block_classes = [InpaintControlNetDenoiseStep, ControlNetDenoiseStep]
-    block_names = ["inpaint_controlnet_denoise", "controlnet_denoise"]
-    block_trigger_inputs = ["mask", None]
-
-
-class AutoDenoiseStep(AutoPipelineBlocks):
-    block_classes = [AutoControlNetDenoiseStep, InpaintDenoiseStep, DenoiseStep]
-    block_names = ["controlnet_denoise", "inpaint_denoise", "denoise"]
-    block_trigger_inputs = ["controlnet_cond", "mask", None]
-
-    @property
-    def description(self) -> str:
-        return "Denoise: `controlnet_cond` -> ControlNet loop, `mask` -> inpainting loop, else the plain loop"
-
-
-class AutoDecodeStep(AutoPipelineBlocks):
-    block_classes = [InpaintDecodeStep, DecodeStep]
-    block_names = ["inpaint_decode", "decode"]
-    block_trigger_inputs = ["padding_mask_crop", None]
-
-    @property
-    def description(self) -> str:
-        return "Decode: with `padding_mask_crop` the inpainted crop is pasted over the original image"
-
-
-def _workflows(prefixes: dict[str, dict[str, bool]]) -> dict[str, dict[str, bool]]:
-    base = {"text2image": {"prompt": True}, "image2image": {"image": True, "prompt": True},
-            "inpainting": {"mask_image": True, "image": True, "prompt": True}}
-    out = dict(base)
-    for prefix, extra in prefixes.items():
-        for name, triggers in base.items():
-            out[f"{prefix}_{name}"] = {**extra, **triggers}
-    return out
-
-
 AUTO_BLOCKS = InsertableDict([
     ("text_encoder", StableDiffusionTextEncoderStep),
     ("input", StableDiffusionInputStep),
@@ -298,7 +227,7 @@ class StableDiffusionAutoBlocks(SequentialPipelineBlocks):
     model_name = "stable-diffusion"
     block_classes = list(AUTO_BLOCKS.values())
     block_names = list(AUTO_BLOCKS.keys())
-    workflow_map = _workflows({"controlnet": {"control_image": True}})
+    workflow_map = standard_workflows({"controlnet": {"control_image": True}})
 
     @property
     def description(self) -> str:

@@ -23,6 +23,13 @@ from ...blocks import (
 from ...components.models import UNet2DConditionModel
 from ...components.spec import ComponentSpec
 from ..common import (
+    AutoControlNetDenoiseStep,
+    AutoControlNetInputStep,
+    AutoDecodeStep,
+    AutoDenoiseStep,
+    AutoPrepareLatentsStep,
+    AutoSetTimestepsStep,
+    AutoVaeEncoderStep,
     ControlNetDenoiseStep,
     ControlNetInputStep,
     ControlNetLoopDenoiser,
@@ -48,6 +55,7 @@ from ..common import (
     guidance_inputs,
     guider_for_call,
     guider_spec,
+    standard_workflows,
     vae_scale_factor,
 )
 from ..sd import as_prompt_list
@@ -345,7 +353,6 @@ class StableDiffusionXLDenoiseLoopWrapper(DenoiseLoopWrapper):
 class StableDiffusionXLDenoiseStep(StableDiffusionXLDenoiseLoopWrapper):
     block_classes = [StableDiffusionXLLoopBeforeDenoiser, StableDiffusionXLLoopDenoiser,
                      StableDiffusionXLLoopAfterDenoiser]
-    block_names = ["before_denoiser", "denoiser", "after_denoiser"]
 
 
 class StableDiffusionXLInpaintDenoiseStep(InpaintDenoiseStep):
@@ -415,37 +422,19 @@ CONTROLNET_BLOCKS = InsertableDict([
 ])
 
 
-# -- auto preset ---------------------------------------------------------------------------------------------------
-class StableDiffusionXLAutoVaeEncoderStep(AutoPipelineBlocks):
+# -- auto preset: the shared auto steps (presets.common) with the SDXL steps swapped in ------------------------
+class StableDiffusionXLAutoVaeEncoderStep(AutoVaeEncoderStep):
     block_classes = [InpaintVaeEncoderStep, StableDiffusionXLVaeEncoderStep]
-    block_names = ["inpaint", "img2img"]
-    block_trigger_inputs = ["mask_image", "image"]
-
-    @property
-    def description(self) -> str:
-        return "VAE encoder: `mask_image` -> inpainting inputs, `image` -> image latents; skipped for text2img"
 
 
-class StableDiffusionXLAutoSetTimestepsStep(AutoPipelineBlocks):
+class StableDiffusionXLAutoSetTimestepsStep(AutoSetTimestepsStep):
     block_classes = [StableDiffusionXLInpaintSetTimestepsStep, StableDiffusionXLImg2ImgSetTimestepsStep,
                      StableDiffusionXLSetTimestepsStep]
-    block_names = ["inpaint", "img2img", "text2img"]
-    block_trigger_inputs = ["mask_image", "image", None]
-
-    @property
-    def description(self) -> str:
-        return "Timesteps: `mask_image` -> inpainting (strength 0.9999), `image` -> img2img (0.3), else text2img"
 
 
-class StableDiffusionXLAutoPrepareLatentsStep(AutoPipelineBlocks):
+class StableDiffusionXLAutoPrepareLatentsStep(AutoPrepareLatentsStep):
     block_classes = [InpaintPrepareLatentsStep, StableDiffusionXLImg2ImgPrepareLatentsStep,
                      StableDiffusionXLPrepareLatentsStep]
-    block_names = ["inpaint", "img2img", "text2img"]
-    block_trigger_inputs = ["mask_image", "image_latents", None]
-
-    @property
-    def description(self) -> str:
-        return "Latents: `mask_image` -> inpainting, `image_latents` -> img2img, else noise"
 
 
 class StableDiffusionXLAutoPrepareAddCondStep(AutoPipelineBlocks):
@@ -459,41 +448,20 @@ class StableDiffusionXLAutoPrepareAddCondStep(AutoPipelineBlocks):
         return "Added conditioning: `image` -> img2img variant (aesthetic scores for refiners), else text2img"
 
 
-class StableDiffusionXLAutoControlNetInputStep(AutoPipelineBlocks):
-    block_classes = [ControlNetInputStep]
-    block_names = ["controlnet"]
-    block_trigger_inputs = ["control_image"]
-
-    @property
-    def description(self) -> str:
-        return "ControlNet input: runs only when `control_image` is given"
+StableDiffusionXLAutoControlNetInputStep = AutoControlNetInputStep  # the same step for every family
 
 
-class StableDiffusionXLAutoControlNetDenoiseStep(AutoPipelineBlocks):
+class StableDiffusionXLAutoControlNetDenoiseStep(AutoControlNetDenoiseStep):
     block_classes = [StableDiffusionXLInpaintControlNetDenoiseStep, StableDiffusionXLControlNetDenoiseStep]
-    block_names = ["inpaint_controlnet_denoise", "controlnet_denoise"]
-    block_trigger_inputs = ["mask", None]
 
 
-class StableDiffusionXLAutoDenoiseStep(AutoPipelineBlocks):
+class StableDiffusionXLAutoDenoiseStep(AutoDenoiseStep):
     block_classes = [StableDiffusionXLAutoControlNetDenoiseStep, StableDiffusionXLInpaintDenoiseStep,
                      StableDiffusionXLDenoiseStep]
-    block_names = ["controlnet_denoise", "inpaint_denoise", "denoise"]
-    block_trigger_inputs = ["controlnet_cond", "mask", None]
-
-    @property
-    def description(self) -> str:
-        return "Denoise: `controlnet_cond` -> ControlNet loop, `mask` -> inpainting loop, else the plain loop"
 
 
-class StableDiffusionXLAutoDecodeStep(AutoPipelineBlocks):
+class StableDiffusionXLAutoDecodeStep(AutoDecodeStep):
     block_classes = [InpaintDecodeStep, StableDiffusionXLDecodeStep]
-    block_names = ["inpaint_decode", "decode"]
-    block_trigger_inputs = ["padding_mask_crop", None]
-
-    @property
-    def description(self) -> str:
-        return "Decode: with `padding_mask_crop` the inpainted crop is pasted over the original image"
 
 
 AUTO_BLOCKS = InsertableDict([
@@ -509,22 +477,13 @@ AUTO_BLOCKS = InsertableDict([
 ])
 
 
-def _workflows() -> dict[str, dict[str, bool]]:
-    base = {"text2image": {"prompt": True}, "image2image": {"image": True, "prompt": True},
-            "inpainting": {"mask_image": True, "image": True, "prompt": True}}
-    out = dict(base)
-    for name, triggers in base.items():
-        out[f"controlnet_{name}"] = {"control_image": True, **triggers}
-    return out
-
-
 class StableDiffusionXLAutoBlocks(SequentialPipelineBlocks):
     """SDXL: text-to-image, image-to-image, inpainting and ControlNet in one block graph."""
 
     model_name = "stable-diffusion-xl"
     block_classes = list(AUTO_BLOCKS.values())
     block_names = list(AUTO_BLOCKS.keys())
-    workflow_map = _workflows()
+    workflow_map = standard_workflows({"controlnet": {"control_image": True}})
 
     @property
     def description(self) -> str:
