@@ -298,3 +298,16 @@ def test_enable_model_cpu_offload_builds_a_manager(repo):
     x = torch.randn(2, 4)
     assert torch.allclose(pipe(x=x, output="y"), model(x) * 3.0 + 0.5)
     assert calls  # the memory provider was consulted
+
+
+def test_component_spec_repo_alias():
+    spec = ComponentSpec("unet", ToyModel, repo="org/a", subfolder="unet")
+    assert spec.pretrained_model_name_or_path == "org/a" and spec.load_id == "org/a|unet|null|null"
+    spec.repo = "org/b"
+    assert spec.load_id == "org/b|unet|null|null"
+    with pytest.raises(ValueError, match="disagree"):
+        ComponentSpec("unet", ToyModel, repo="org/a", pretrained_model_name_or_path="org/b")
+    assert ComponentSpec.decode_load_id("org/b|unet|fp16|null") == {
+        "pretrained_model_name_or_path": "org/b", "subfolder": "unet", "variant": "fp16", "revision": None}
+    with pytest.raises(ValueError, match="4 '\\|'-separated"):
+        ComponentSpec.decode_load_id("org/b|unet")

@@ -109,11 +109,12 @@ class ComponentSpec:
         self.type_hint = resolve_type_hint(self.type_hint)
         if self.pretrained_model_name_or_path is not None:
             self.pretrained_model_name_or_path = str(self.pretrained_model_name_or_path)
+        object.__setattr__(self, "_ready", True)
 
-    # `spec.repo = "..."` (as in the documentation) edits the loading path.
+    # After construction, `spec.repo = "..."` (as in the documentation) edits the loading path.
     def __setattr__(self, key: str, value: Any) -> None:
-        if key == "repo" and value is not None and "pretrained_model_name_or_path" in self.__dict__:
-            object.__setattr__(self, "pretrained_model_name_or_path", str(value))
+        if key == "repo" and self.__dict__.get("_ready"):
+            object.__setattr__(self, "pretrained_model_name_or_path", None if value is None else str(value))
             return
         object.__setattr__(self, key, value)
 
