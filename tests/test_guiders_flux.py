@@ -81,7 +81,8 @@ def test_guiders_without_arguments_run_on_flux(flux, cls, caplog) -> None:
         preds = _guided_passes(guider, ours, inputs)
     assert set(preds) == {"pred_cond", "pred_uncond", "pred_cond_skip"}
     assert "perturbing transformer_blocks blocks [1]" in caplog.text
-    assert torch.equal(preds["pred_cond"], plain)
+    # Batched passes (cond + uncond in one call) may change matmul blocking: equal to float rounding, not bitwise.
+    torch.testing.assert_close(preds["pred_cond"], plain, rtol=0, atol=1e-5)
     assert (preds["pred_cond_skip"] - plain).abs().max() > 1e-3
     assert (preds["pred_uncond"] - plain).abs().max() > 1e-3
     guided = guider.combine(preds).pred
