@@ -45,6 +45,7 @@ _EXPORTS: dict[str, str] = {
     "CheckpointError": "diffblocks.components.modeling",
     # schedulers
     "DDIMScheduler": "diffblocks.components.schedulers",
+    "DDPMScheduler": "diffblocks.components.schedulers",
     "DPMSolverMultistepScheduler": "diffblocks.components.schedulers",
     "EulerAncestralDiscreteScheduler": "diffblocks.components.schedulers",
     "EulerDiscreteScheduler": "diffblocks.components.schedulers",

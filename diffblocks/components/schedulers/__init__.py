@@ -2,6 +2,7 @@
 
 from .base import SchedulerMixin, SchedulerOutput, randn_tensor
 from .ddim import DDIMScheduler, PNDMScheduler
+from .ddpm import DDPMScheduler
 from .dpm_solver import DPMSolverMultistepScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from .flow_match import FlowMatchEulerDiscreteScheduler
@@ -10,6 +11,7 @@ from .unipc import UniPCMultistepScheduler
 
 __all__ = [
     "DDIMScheduler",
+    "DDPMScheduler",
     "DPMSolverMultistepScheduler",
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",
