@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from .backend import backend
 from .errors import BlockInputError, ComponentNotLoadedError
 from .insertable_dict import InsertableDict, structure_generation
 from .io import BlockIO, leaf_io
@@ -303,9 +304,7 @@ class ModularPipelineBlocks:
     # -- pipelines and the Hub ------------------------------------------------------------------------
     def init_pipeline(self, repo_or_dir: str | None = None, components_manager: Any = None,
                       collection: str | None = None, **kwargs: Any):
-        from ..runtime.pipeline import ModularPipeline
-
-        return ModularPipeline(
+        return backend("init_pipeline")(
             blocks=self,
             pretrained_model_name_or_path=repo_or_dir,
             components_manager=components_manager,
@@ -315,14 +314,10 @@ class ModularPipelineBlocks:
 
     @classmethod
     def from_pretrained(cls, repo_or_dir: str, trust_remote_code: bool = False, **kwargs: Any) -> ModularPipelineBlocks:
-        from ..runtime.serialization import load_blocks
-
-        return load_blocks(repo_or_dir, trust_remote_code=trust_remote_code, expected_class=cls, **kwargs)
+        return backend("load_blocks")(repo_or_dir, trust_remote_code=trust_remote_code, expected_class=cls, **kwargs)
 
     def save_pretrained(self, save_directory: str, push_to_hub: bool = False, **kwargs: Any) -> None:
-        from ..runtime.serialization import save_blocks
-
-        save_blocks(self, save_directory, push_to_hub=push_to_hub, **kwargs)
+        backend("save_blocks")(self, save_directory, push_to_hub=push_to_hub, **kwargs)
 
     def __deepcopy__(self, memo):
         import copy

@@ -20,15 +20,8 @@ from ...components.schedulers import (
     retrieve_timesteps,
 )
 from ...components.spec import ComponentSpec
-from .utils import (
-    execution_device,
-    image_ids,
-    latent_channels,
-    latent_size,
-    pack_latents,
-    repeat_to_batch,
-    resolve_size,
-)
+from ..common.utils import execution_device, repeat_to_batch
+from .utils import image_ids, latent_channels, latent_size, pack_latents, resolve_size
 
 __all__ = [
     "FluxImg2ImgPrepareLatentsStep", "FluxImg2ImgSetTimestepsStep", "FluxInpaintPrepareLatentsStep",

@@ -9,7 +9,8 @@ import torch
 from ...blocks import BlockInputError, InputParam, ModularPipelineBlocks, OutputParam
 from ...components.models import AutoencoderKL
 from ...components.spec import ComponentSpec
-from .utils import image_processor_spec, latent_size, resolve_size, unpack_latents
+from ..common.utils import image_processor_spec
+from .utils import PROCESSOR_CONFIG, latent_size, resolve_size, unpack_latents
 
 __all__ = ["FluxDecodeStep"]
 
@@ -27,7 +28,7 @@ class FluxDecodeStep(ModularPipelineBlocks):
 
     @property
     def expected_components(self) -> list[ComponentSpec]:
-        return [ComponentSpec("vae", AutoencoderKL), image_processor_spec()]
+        return [ComponentSpec("vae", AutoencoderKL), image_processor_spec(**PROCESSOR_CONFIG)]
 
     @property
     def inputs(self) -> list[InputParam]:

@@ -21,7 +21,8 @@ from ...blocks import (
 from ...components.models.flux_transformer import FluxTransformer2DModel
 from ...components.schedulers import FlowMatchEulerDiscreteScheduler
 from ...components.spec import ComponentSpec
-from .utils import guider_for_call, guider_spec
+from ..common.utils import guider_for_call, guider_spec
+from .utils import DEFAULT_TRUE_CFG_SCALE
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class FluxLoopDenoiser(ModularPipelineBlocks):
 
     @property
     def expected_components(self) -> list[ComponentSpec]:
-        return [ComponentSpec("transformer", FluxTransformer2DModel), guider_spec()]
+        return [ComponentSpec("transformer", FluxTransformer2DModel), guider_spec(DEFAULT_TRUE_CFG_SCALE)]
 
     @property
     def inputs(self) -> list[InputParam]:
@@ -159,7 +160,7 @@ class FluxDenoiseStep(LoopSequentialPipelineBlocks):
 
     @property
     def loop_expected_components(self) -> list[ComponentSpec]:
-        return [ComponentSpec("transformer", FluxTransformer2DModel), guider_spec()]
+        return [ComponentSpec("transformer", FluxTransformer2DModel), guider_spec(DEFAULT_TRUE_CFG_SCALE)]
 
     @property
     def loop_inputs(self) -> list[InputParam]:

@@ -12,14 +12,14 @@ from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokeniz
 from ...blocks import BlockInputError, InputParam, ModularPipelineBlocks, OutputParam
 from ...components.models import AutoencoderKL
 from ...components.spec import ComponentSpec
-from .utils import (
+from ..common.utils import (
     execution_device,
     guider_for_call,
     guider_spec,
     image_processor_spec,
     mask_processor_spec,
-    resolve_size,
 )
+from .utils import DEFAULT_TRUE_CFG_SCALE, PROCESSOR_CONFIG, resolve_size
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class FluxTextEncoderStep(ModularPipelineBlocks):
             ComponentSpec("tokenizer", CLIPTokenizer),
             ComponentSpec("text_encoder_2", T5EncoderModel),
             ComponentSpec("tokenizer_2", T5TokenizerFast),
-            guider_spec(),
+            guider_spec(DEFAULT_TRUE_CFG_SCALE),
         ]
 
     @property
@@ -188,7 +188,7 @@ class FluxVaeEncoderStep(ModularPipelineBlocks):
 
     @property
     def expected_components(self) -> list[ComponentSpec]:
-        return [ComponentSpec("vae", AutoencoderKL), image_processor_spec()]
+        return [ComponentSpec("vae", AutoencoderKL), image_processor_spec(**PROCESSOR_CONFIG)]
 
     @property
     def inputs(self) -> list[InputParam]:
@@ -247,7 +247,7 @@ class FluxInpaintVaeEncoderStep(FluxVaeEncoderStep):
 
     @property
     def expected_components(self) -> list[ComponentSpec]:
-        return [*super().expected_components, mask_processor_spec()]
+        return [*super().expected_components, mask_processor_spec(**PROCESSOR_CONFIG)]
 
     @property
     def inputs(self) -> list[InputParam]:

@@ -1,4 +1,5 @@
-"""Helpers shared by the Flux steps: latent packing, position ids, sizes, component lookups.
+"""Flux-only helpers: latent packing, position ids, sizes (the helpers every family shares are in
+`presets.common.utils`).
 
 Flux works on *packed* latents: each 2x2 patch of the 16-channel VAE latent becomes one token of 64 features,
 so the latent grid must have even sides and the image sides must be multiples of ``2 * vae_scale_factor``.
@@ -11,35 +12,13 @@ from typing import Any
 import torch
 
 from ...blocks import BlockInputError
-from ...components.image_processor import VaeImageProcessor
-from ...components.spec import ComponentSpec
-from ...guiders import ClassifierFreeGuidance
+from ..common.utils import optional_component, vae_scale_factor
 
 DEFAULT_SAMPLE_SIZE = 128  # latent side of the default image (1024 px with the 8x Flux VAE)
-
-
-def optional_component(components: Any, name: str) -> Any:
-    try:
-        return getattr(components, name)
-    except Exception:  # not part of this pipeline, or not given to a standalone block run
-        return None
-
-
-def execution_device(components: Any) -> torch.device:
-    device = optional_component(components, "execution_device")
-    if device is not None:
-        return torch.device(device)
-    for name in ("transformer", "vae", "text_encoder_2", "text_encoder"):
-        module = optional_component(components, name)
-        if isinstance(module, torch.nn.Module):
-            for p in module.parameters():
-                return p.device
-    return torch.device("cpu")
-
-
-def vae_scale_factor(components: Any) -> int:
-    vae = optional_component(components, "vae")
-    return 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
+# image/mask processors of the Flux presets: 8x VAE x 2x2 packing, 16 latent channels
+PROCESSOR_CONFIG = {"vae_scale_factor": 16, "vae_latent_channels": 16}
+# true CFG is off by default (FLUX.1-dev is guidance-distilled); `true_cfg_scale` turns it on per call
+DEFAULT_TRUE_CFG_SCALE = 1.0
 
 
 def latent_channels(components: Any) -> int:
@@ -89,42 +68,3 @@ def image_ids(latent_height: int, latent_width: int, device: torch.device, dtype
     ids[..., 1] = torch.arange(latent_height // 2)[:, None]
     ids[..., 2] = torch.arange(latent_width // 2)[None, :]
     return ids.reshape(-1, 3).to(device=device, dtype=dtype)
-
-
-def repeat_to_batch(block: str, name: str, tensor: torch.Tensor, total: int) -> torch.Tensor:
-    """Tile a batch of n images to `total` (``cat([x] * (total // n))``, the standard pipelines' order)."""
-    n = tensor.shape[0]
-    if n == total:
-        return tensor
-    if total % n:
-        raise BlockInputError(
-            f"Block {block!r}: cannot repeat {n} {name} to the effective batch of {total} (prompts x "
-            f"num_images_per_prompt); give 1 or a divisor of {total}.", block=block, input_name=name)
-    return tensor.repeat(total // n, *([1] * (tensor.ndim - 1)))
-
-
-def guider_spec() -> ComponentSpec:
-    """True CFG is off by default (FLUX.1-dev is guidance-distilled); `true_cfg_scale` turns it on per call."""
-    return ComponentSpec("guider", ClassifierFreeGuidance, config={"guidance_scale": 1.0},
-                         default_creation_method="from_config")
-
-
-def image_processor_spec() -> ComponentSpec:
-    return ComponentSpec("image_processor", VaeImageProcessor,
-                         config={"vae_scale_factor": 16, "vae_latent_channels": 16},
-                         default_creation_method="from_config")
-
-
-def mask_processor_spec() -> ComponentSpec:
-    return ComponentSpec("mask_processor", VaeImageProcessor,
-                         config={"vae_scale_factor": 16, "vae_latent_channels": 16, "do_normalize": False,
-                                 "do_binarize": True, "do_convert_grayscale": True},
-                         default_creation_method="from_config")
-
-
-def guider_for_call(components: Any, true_cfg_scale: float | None) -> Any:
-    """The guider of one call: the component, with `true_cfg_scale` as its guidance scale when given."""
-    guider = components.guider
-    if true_cfg_scale is not None and hasattr(guider, "guidance_scale"):
-        guider = guider.with_overrides(guidance_scale=float(true_cfg_scale))
-    return guider

@@ -1,0 +1,152 @@
+"""Shared SD/SDXL encoder steps: the VAE encoder for image-to-image and the inpainting image/mask preparation.
+"""
+
+from __future__ import annotations
+
+import PIL.Image
+import torch
+
+from ...blocks import (
+    BlockInputError,
+    InputParam,
+    ModularPipelineBlocks,
+    OutputParam,
+)
+from ...components.models import AutoencoderKL, UNet2DConditionModel
+from ...components.spec import ComponentSpec
+from .utils import (
+    as_list,
+    check_image,
+    check_size,
+    default_size,
+    execution_device,
+    image_processor_spec,
+    mask_processor_spec,
+    repeat_to_batch,
+    retrieve_latents,
+    scale_latents,
+    vae_scale_factor,
+)
+
+__all__ = [
+    "InpaintVaeEncoderStep", "VaeEncoderStep",
+]
+
+
+class VaeEncoderStep(ModularPipelineBlocks):
+    """Encode the init image for image-to-image (one generator per image when a list is given)."""
+
+    model_name = "stable-diffusion"
+
+    @property
+    def description(self) -> str:
+        return "VAE-encode `image` into scaled `image_latents` for image-to-image"
+
+    @property
+    def expected_components(self) -> list[ComponentSpec]:
+        return [ComponentSpec("vae", AutoencoderKL), image_processor_spec()]
+
+    @property
+    def inputs(self) -> list[InputParam]:
+        return [InputParam("image", required=True, description="init image (PIL, numpy, tensor or list)"),
+                InputParam("height", type_hint=int), InputParam("width", type_hint=int),
+                InputParam("generator"), InputParam("dtype", type_hint=torch.dtype)]
+
+    @property
+    def intermediate_outputs(self) -> list[OutputParam]:
+        return [OutputParam("image_latents", type_hint=torch.Tensor)]
+
+    def __call__(self, components, state):
+        bs = self.get_block_state(state)
+        name = type(self).__name__
+        check_image(name, "image", bs.image)
+        vae = components.vae
+        device = execution_device(components)
+        dtype = bs.dtype or vae.dtype
+        image = components.image_processor.preprocess(bs.image, height=bs.height, width=bs.width)
+        image = image.to(device=device, dtype=dtype)
+        if image.shape[1] == vae.config.latent_channels:
+            bs.image_latents = image
+        else:
+            gen = bs.generator
+            if isinstance(gen, list) and image.shape[0] < len(gen):
+                image = repeat_to_batch(name, "image", image, len(gen))
+            upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+            vae_dtype = vae.dtype
+            if upcast:
+                image = image.float()
+                vae.to(dtype=torch.float32)
+            latents = retrieve_latents(vae, image, gen)
+            if upcast:
+                vae.to(dtype=vae_dtype)
+            bs.image_latents = scale_latents(vae, latents.to(dtype))
+        self.set_block_state(state, bs)
+        return components, state
+
+
+class InpaintVaeEncoderStep(ModularPipelineBlocks):
+    """Preprocess the image and mask for inpainting (the VAE encodes in prepare_latents, in the standard order)."""
+
+    model_name = "stable-diffusion"
+
+    @property
+    def description(self) -> str:
+        return ("Inpainting input: preprocess `image` and `mask_image` (optionally cropped around the mask with "
+                "`padding_mask_crop`); outputs the pixel image, the mask and the masked image")
+
+    @property
+    def expected_components(self) -> list[ComponentSpec]:
+        return [image_processor_spec(), mask_processor_spec(), ComponentSpec("unet", UNet2DConditionModel),
+                ComponentSpec("vae", AutoencoderKL)]
+
+    @property
+    def inputs(self) -> list[InputParam]:
+        return [InputParam("image", required=True), InputParam("mask_image", required=True),
+                InputParam("masked_image_latents", type_hint=torch.Tensor),
+                InputParam("height", type_hint=int), InputParam("width", type_hint=int),
+                InputParam("padding_mask_crop", type_hint=int)]
+
+    @property
+    def intermediate_outputs(self) -> list[OutputParam]:
+        return [OutputParam("init_image", type_hint=torch.Tensor), OutputParam("mask_condition", type_hint=torch.Tensor),
+                OutputParam("masked_image", type_hint=torch.Tensor), OutputParam("crops_coords"),
+                OutputParam("height", type_hint=int), OutputParam("width", type_hint=int)]
+
+    def __call__(self, components, state):
+        bs = self.get_block_state(state)
+        name = type(self).__name__
+        check_image(name, "image", bs.image)
+        check_image(name, "mask_image", bs.mask_image)
+        image_sizes = {i.size for i in as_list(bs.image) if isinstance(i, PIL.Image.Image)}
+        mask_sizes = {m.size for m in as_list(bs.mask_image) if isinstance(m, PIL.Image.Image)}
+        if image_sizes and mask_sizes and image_sizes != mask_sizes:
+            raise BlockInputError(f"Block {name!r}: mask_image size {sorted(mask_sizes)} differs from image size "
+                                  f"{sorted(image_sizes)} (width, height); give a mask of the image's size.",
+                                  block=name, input_name="mask_image")
+        height, width = default_size(components, bs.height, bs.width)
+        check_size(name, height, width, vae_scale_factor(components))
+        if bs.padding_mask_crop is not None:
+            if not isinstance(bs.mask_image, PIL.Image.Image) or not isinstance(bs.image, PIL.Image.Image):
+                raise BlockInputError(f"Block {name!r}: padding_mask_crop needs PIL `image` and `mask_image`.",
+                                      block=name, input_name="padding_mask_crop")
+            crops = components.mask_processor.get_crop_region(bs.mask_image, width, height, pad=bs.padding_mask_crop)
+            resize_mode = "fill"
+        else:
+            crops, resize_mode = None, "default"
+        init_image = components.image_processor.preprocess(bs.image, height=height, width=width,
+                                                           crops_coords=crops, resize_mode=resize_mode)
+        bs.init_image = init_image.to(dtype=torch.float32)
+        bs.mask_condition = components.mask_processor.preprocess(bs.mask_image, height=height, width=width,
+                                                                 resize_mode=resize_mode, crops_coords=crops)
+        if bs.mask_condition.shape[-2:] != bs.init_image.shape[-2:]:
+            raise BlockInputError(f"Block {name!r}: mask_image size {tuple(bs.mask_condition.shape[-2:])} does not "
+                                  f"match image size {tuple(bs.init_image.shape[-2:])}.", block=name,
+                                  input_name="mask_image")
+        if bs.masked_image_latents is None:
+            bs.masked_image = bs.init_image * (bs.mask_condition < 0.5)
+        else:
+            bs.masked_image = bs.masked_image_latents
+        bs.crops_coords = crops
+        bs.height, bs.width = height, width
+        self.set_block_state(state, bs)
+        return components, state
