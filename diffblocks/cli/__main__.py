@@ -1,0 +1,7 @@
+"""`python -m diffblocks.cli` runs the `diffblocks` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
