@@ -32,7 +32,8 @@ _EXPORTS: dict[str, str] = {
     # runtime
     "ModularPipeline": "diffblocks.runtime.pipeline",
     "ComponentLoadError": "diffblocks.runtime.pipeline",
-    "TrustRemoteCodeError": "diffblocks.runtime.serialization",
+    "TrustRemoteCodeError": "diffblocks.components.trust",
+    "UnsafePathError": "diffblocks.components.trust",
     # components
     "ComponentSpec": "diffblocks.components.spec",
     "ComponentsManager": "diffblocks.components.manager",

@@ -1,12 +1,15 @@
 """Finding files locally or on the Hugging Face Hub, and uploading folders.
 
-Local folders never touch the network: a path that exists on disk is always read from disk.
+Local folders never touch the network: a path that exists on disk is always read from disk. Subfolders and file
+names must stay inside the repo (no `..`, no absolute paths, no symlinks leading out): see `trust.py`.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from .trust import allowed_root, check_inside, check_relative
 
 
 def is_local(path_or_repo_id: str | os.PathLike) -> bool:
@@ -24,10 +27,12 @@ def resolve_file(
 
     Returns None for a missing file when `required` is False; otherwise raises FileNotFoundError.
     """
-    subfolder = subfolder or ""
+    subfolder = check_relative(subfolder, "subfolder", path_or_repo_id)
+    check_relative(filename, "file name", path_or_repo_id)
     if is_local(path_or_repo_id):
         path = Path(path_or_repo_id).expanduser() / subfolder / filename
         if path.is_file():
+            check_inside(path, allowed_root(path_or_repo_id), path_or_repo_id)
             return path
         if required:
             raise FileNotFoundError(f"{filename!r} not found in local folder {str(Path(path_or_repo_id) / subfolder)!r}.")
@@ -37,11 +42,7 @@ def resolve_file(
     from huggingface_hub.errors import EntryNotFoundError
 
     try:
-        return Path(
-            hf_hub_download(
-                str(path_or_repo_id), filename, subfolder=subfolder or None, revision=revision
-            )
-        )
+        path = Path(hf_hub_download(str(path_or_repo_id), filename, subfolder=subfolder or None, revision=revision))
     except EntryNotFoundError:
         if required:
             raise FileNotFoundError(
@@ -55,15 +56,43 @@ def resolve_file(
             f"Could not fetch {filename!r} from {path_or_repo_id!r}: it is not a local folder and the Hub "
             f"download failed ({type(exc).__name__}: {exc})."
         ) from exc
+    return check_snapshot_file(path, path_or_repo_id)
+
+
+def check_snapshot_file(path: Path, repo_id: str | os.PathLike) -> Path:
+    """A file downloaded into the Hub cache must resolve inside its repo's cache folder (snapshot + blobs)."""
+    for parent in path.parents:
+        if parent.name == "snapshots":
+            check_inside(path, parent.parent.resolve(), repo_id)
+            return path
+    return path
+
+
+def check_local_tree(path_or_repo_id: str | os.PathLike, subfolder: str | None = None) -> None:
+    """Refuse a local component folder whose subfolder or files (symlinks) lead outside the repo.
+
+    For loaders that read the folder themselves (transformers' tokenizers and models).
+    """
+    subfolder = check_relative(subfolder, "subfolder", path_or_repo_id)
+    if not is_local(path_or_repo_id):
+        return
+    root = allowed_root(path_or_repo_id)
+    folder = Path(path_or_repo_id).expanduser() / subfolder
+    check_inside(folder, root, path_or_repo_id)
+    if folder.is_dir():
+        for entry in folder.rglob("*"):
+            if entry.is_symlink() or entry.is_file():
+                check_inside(entry, root, path_or_repo_id)
 
 
 def list_files(path_or_repo_id: str | os.PathLike, subfolder: str | None = None, revision: str | None = None) -> list[str]:
     """File names (relative to `subfolder`) in a local folder or a Hub repo."""
-    subfolder = (subfolder or "").strip("/")
+    subfolder = check_relative(subfolder, "subfolder", path_or_repo_id).strip("/")
     if is_local(path_or_repo_id):
         root = Path(path_or_repo_id).expanduser() / subfolder
         if not root.is_dir():
             return []
+        check_inside(root, allowed_root(path_or_repo_id), path_or_repo_id)
         return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
     from huggingface_hub import list_repo_files
 

@@ -240,7 +240,12 @@ class ModelMixin(nn.Module, ConfigMixin):
                 f"No weights for {cls.__name__} in {where}: expected "
                 f"{weights_file_name(WEIGHTS_NAME, variant)!r} or {weights_file_name(WEIGHTS_INDEX_NAME, variant)!r}"
                 + (f" (variant {variant!r}; pass variant=None for the default weights)" if variant else "")
-                + ". Only safetensors checkpoints are supported."
+                + ". Only safetensors checkpoints are supported"
+                + (f"; found {pickled.name}, a pickle file, which diffblocks never unpickles (convert it to "
+                   f"safetensors where you trust it, e.g. torch.load(weights_only=True) then safetensors' save_file)"
+                   if (pickled := resolve_file(path_or_repo_id, weights_file_name("diffusion_pytorch_model.bin", variant),
+                                               subfolder=subfolder, revision=revision, required=False)) else "")
+                + "."
             )
         try:
             weight_map = json.loads(Path(index_path).read_text())["weight_map"]

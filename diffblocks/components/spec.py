@@ -10,6 +10,8 @@ import logging
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .trust import TRUSTED_LIBRARIES, TrustRemoteCodeError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["ComponentSpec", "resolve_type_hint", "type_hint_to_library", "LOAD_ID_FIELDS"]
@@ -29,37 +31,60 @@ def _diffblocks_class(name: str) -> type | None:
     return value if isinstance(value, type) else None
 
 
-def resolve_type_hint(hint: Any) -> Any:
-    """A class from a class, a `[library, ClassName]` pair, or a "library.ClassName" string."""
+def _same_class(cls: Any, library: str, name: str) -> bool:
+    return isinstance(cls, type) and cls.__name__ == name and cls.__module__.split(".")[0] == library
+
+
+def resolve_type_hint(hint: Any, trust_remote_code: bool = False, declared: Any = None, where: str = "type hint") -> Any:
+    """A class from a class, a `[library, ClassName]` pair, or a "library.ClassName" string.
+
+    Without `trust_remote_code`, only libraries in `TRUSTED_LIBRARIES` are looked up (`diffusers` names map to
+    the diffblocks class of the same name); a pair naming `declared` (the class the blocks already declare for
+    this component) resolves to it without importing anything. Anything else raises TrustRemoteCodeError.
+    """
     if hint is None or isinstance(hint, type):
         return hint
     if isinstance(hint, (list, tuple)) and len(hint) == 2:
         library, name = hint
         if library is None or name is None:
             return None
+        if not isinstance(library, str) or not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"{where} {list(hint)!r}: expected [library, ClassName] strings")
         if library in _OUR_LIBRARY_ALIASES:
             cls = _diffblocks_class(name)
             if cls is None:
                 raise ValueError(
-                    f"type hint [{library!r}, {name!r}]: diffblocks has no class {name!r}. "
+                    f"{where} [{library!r}, {name!r}]: diffblocks has no class {name!r}. "
                     f"It may not be implemented yet; pass an object or a spec with a diffblocks class."
                 )
             return cls
+        if _same_class(declared, library, name):
+            return declared
+        if library not in TRUSTED_LIBRARIES and not trust_remote_code:
+            raise TrustRemoteCodeError(
+                f"{where} [{library!r}, {name!r}] names library {library!r}, which is not trusted: importing it "
+                f"would run its code. Trusted without asking: {sorted(TRUSTED_LIBRARIES)}. If you trust this "
+                f"repo, pass trust_remote_code=True (or add the package to "
+                f"diffblocks.components.trust.TRUSTED_LIBRARIES)."
+            )
         try:
             module = importlib.import_module(library)
         except ImportError as exc:
-            raise ValueError(f"type hint [{library!r}, {name!r}]: cannot import library {library!r}") from exc
+            raise ValueError(f"{where} [{library!r}, {name!r}]: cannot import library {library!r}") from exc
         try:
-            return getattr(module, name)
+            cls = getattr(module, name)
         except AttributeError:
-            raise ValueError(f"type hint [{library!r}, {name!r}]: {library} has no {name!r}") from None
+            raise ValueError(f"{where} [{library!r}, {name!r}]: {library} has no {name!r}") from None
+        if not isinstance(cls, type):
+            raise ValueError(f"{where} [{library!r}, {name!r}]: {library}.{name} is not a class")
+        return cls
     if isinstance(hint, str):
         if "." in hint:
             library, name = hint.rsplit(".", 1)
-            return resolve_type_hint([library, name])
+            return resolve_type_hint([library, name], trust_remote_code, declared, where)
         cls = _diffblocks_class(hint)
         if cls is None:
-            raise ValueError(f"type hint {hint!r} does not name a diffblocks class; use 'library.ClassName'")
+            raise ValueError(f"{where} {hint!r} does not name a diffblocks class; use 'library.ClassName'")
         return cls
     return hint
 
@@ -238,6 +263,9 @@ def _is_torch_module_class(cls: Any) -> bool:
 def _load_with(type_hint: Any, path: str, loading: dict[str, Any], kwargs: dict[str, Any], name: str | None) -> Any:
     if not hasattr(type_hint, "from_pretrained"):
         raise TypeError(f"component {name!r}: {type_hint!r} has no from_pretrained; use create() or pass an object")
+    from .hub import check_local_tree
+
+    check_local_tree(path, loading.get("subfolder"))  # other libraries read the folder themselves
     library = type_hint.__module__.split(".")[0]
     call: dict[str, Any] = {}
     if loading.get("subfolder"):

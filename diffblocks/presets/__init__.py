@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["STANDARD_PIPELINES", "blocks_for_standard_pipeline"]
+__all__ = ["STANDARD_PIPELINES", "PRESET_MODULES", "blocks_for_standard_pipeline", "import_preset_modules"]
 
 _SD = ("diffblocks.presets.sd", "StableDiffusionAutoBlocks")
 _SDXL = ("diffblocks.presets.sdxl", "StableDiffusionXLAutoBlocks")
@@ -43,3 +43,12 @@ def blocks_for_standard_pipeline(class_name: str | None, model_index: dict[str, 
         )
     module_name, blocks_name = STANDARD_PIPELINES[class_name]
     return getattr(importlib.import_module(module_name), blocks_name)()
+
+
+# every module that defines preset block classes (saved pipelines name them by class)
+PRESET_MODULES: tuple[str, ...] = ("diffblocks.presets.toy", *dict.fromkeys(m for m, _ in STANDARD_PIPELINES.values()))
+
+
+def import_preset_modules() -> None:
+    for module_name in PRESET_MODULES:
+        importlib.import_module(module_name)

@@ -57,6 +57,7 @@ class ModularPipeline:
         components_manager: Any = None,
         collection: str | None = None,
         index: dict[str, Any] | None = None,
+        trust_remote_code: bool = False,
     ) -> None:
         from .serialization import apply_index, read_index
 
@@ -79,7 +80,7 @@ class ModularPipeline:
         self._config_values: dict[str, Any] = {c.name: c.default for c in io.configs}
         self._components: dict[str, Any] = {}
         if index:
-            apply_index(self, index, self._pretrained_model_name_or_path)
+            apply_index(self, index, self._pretrained_model_name_or_path, trust_remote_code)
         for name, spec in self._specs.items():
             if spec.default_creation_method == "from_config" and spec.type_hint is not None:
                 self._set_component(name, spec.create())

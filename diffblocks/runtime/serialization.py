@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..blocks.base import ModularPipelineBlocks
 from ..components.hub import is_local, resolve_file, upload_folder
 from ..components.spec import ComponentSpec, resolve_type_hint, type_hint_to_library
+from ..components.trust import TrustRemoteCodeError, check_relative
 
 if TYPE_CHECKING:
     from .pipeline import ModularPipeline
@@ -36,10 +37,6 @@ INDEX_NAME = "modular_model_index.json"
 STANDARD_INDEX_NAME = "model_index.json"
 BLOCKS_CONFIG_NAMES = ("config.json", "modular_config.json")
 _LOADING_KEYS = ("pretrained_model_name_or_path", "subfolder", "variant", "revision")
-
-
-class TrustRemoteCodeError(ValueError):
-    """A repo ships custom code and the caller did not opt in with trust_remote_code=True."""
 
 
 def _read_json(repo: str | os.PathLike, filename: str, revision: str | None = None) -> dict[str, Any] | None:
@@ -65,7 +62,8 @@ def index_entry(spec: ComponentSpec, obj: Any) -> list[Any]:
     return [library, cls, loading]
 
 
-def _spec_from_entry(name: str, entry: Any, repo: str | None, declared: ComponentSpec | None) -> ComponentSpec:
+def _spec_from_entry(name: str, entry: Any, repo: str | None, declared: ComponentSpec | None,
+                     trust_remote_code: bool = False) -> ComponentSpec:
     if not (isinstance(entry, (list, tuple)) and len(entry) in (2, 3)):
         raise ValueError(f"{INDEX_NAME}: entry {name!r} must be [library, class, spec], got {entry!r}")
     library, cls = entry[0], entry[1]
@@ -77,12 +75,15 @@ def _spec_from_entry(name: str, entry: Any, repo: str | None, declared: Componen
     type_hint = declared.type_hint if declared is not None else None
     if hint_pair:
         try:
-            type_hint = resolve_type_hint(hint_pair)
+            type_hint = resolve_type_hint(hint_pair, trust_remote_code, type_hint, where=f"{INDEX_NAME} entry {name!r}")
+        except TrustRemoteCodeError:
+            raise
         except ValueError as exc:
-            logger.warning("%s: %s; keeping the blocks' declared type %s", name, exc,
-                           getattr(type_hint, "__name__", type_hint))
+            if type_hint is None:
+                raise
+            _warn_substitute(name, exc, type_hint)
     path = loading.get("pretrained_model_name_or_path")
-    subfolder = loading.get("subfolder")
+    subfolder = check_relative(loading.get("subfolder"), "subfolder", f"{INDEX_NAME} entry {name!r}")
     if path is None and repo is not None and is_local(repo) and (Path(repo) / (subfolder or name)).is_dir():
         path, subfolder = repo, subfolder or name
     return ComponentSpec(
@@ -97,13 +98,22 @@ def _spec_from_entry(name: str, entry: Any, repo: str | None, declared: Componen
     )
 
 
-def apply_index(pipe: ModularPipeline, index: dict[str, Any], repo: str | None) -> None:
+def _warn_substitute(name: str, exc: Exception, substitute: Any) -> None:
+    import warnings
+
+    message = (f"component {name!r}: {exc} Using the blocks' declared class {substitute.__name__} INSTEAD; results "
+               f"will differ from the repo's. Pass the intended component with update_components({name}=...).")
+    logger.warning(message)
+    warnings.warn(message, UserWarning, stacklevel=4)
+
+
+def apply_index(pipe: ModularPipeline, index: dict[str, Any], repo: str | None, trust_remote_code: bool = False) -> None:
     """Override the blocks' specs and configs with a repo's index entries (for names the blocks use)."""
     for name, value in index.items():
         if name.startswith("_"):
             continue
         if name in pipe._specs:
-            pipe._specs[name] = _spec_from_entry(name, value, repo, pipe._declared_specs.get(name))
+            pipe._specs[name] = _spec_from_entry(name, value, repo, pipe._declared_specs.get(name), trust_remote_code)
         elif name in pipe._config_specs:
             pipe._config_values[name] = value
 
@@ -225,8 +235,9 @@ def build_blocks(structure: dict[str, Any], resolve: _ClassResolver) -> ModularP
 
 
 def _find_builtin_class(name: str) -> type | None:
-    import diffblocks.presets  # noqa: F401  (registers the preset block classes)
+    from ..presets import import_preset_modules
 
+    import_preset_modules()  # defines every preset block class, so a fresh process finds them by name
     stack = [ModularPipelineBlocks]
     while stack:
         cls = stack.pop()
@@ -336,7 +347,8 @@ def pipeline_from_repo(cls: type[ModularPipeline], repo_or_dir: str | os.PathLik
         blocks = _blocks_from_repo(repo, index, trust_remote_code, revision)
         if blocks is None:
             raise OSError(f"{repo}: {INDEX_NAME} names no blocks (_blocks_class_name) and no blocks config exists")
-    return cls(blocks, repo, components_manager=components_manager, collection=collection, index=index)
+    return cls(blocks, repo, components_manager=components_manager, collection=collection, index=index,
+               trust_remote_code=trust_remote_code)
 
 
 def _save_component(obj: Any, target: Path, name: str, kwargs: dict[str, Any]) -> None:
