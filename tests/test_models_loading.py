@@ -133,7 +133,7 @@ def test_corrupted_file_is_a_clear_error(unet_dir, tmp_path):
     with pytest.raises(CheckpointError, match="truncated"):
         UNet2DConditionModel.from_pretrained(tmp_path)
     target.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all" + data[24:100])
-    with pytest.raises(CheckpointError, match="not valid JSON"):
+    with pytest.raises(CheckpointError, match="invalid JSON"):
         UNet2DConditionModel.from_pretrained(tmp_path)
 
 

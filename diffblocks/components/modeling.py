@@ -3,7 +3,8 @@
 Checkpoints are the diffusers layout (`config.json` + `diffusion_pytorch_model[.variant].safetensors`, or shards
 listed in `diffusion_pytorch_model.safetensors[.variant].index.json`) with the same parameter names, so folders and
 repos users already have load unchanged. Loading builds the module without allocating weights (meta device) and
-reads every tensor straight into its final storage, so peak host memory stays near one copy of the weights.
+takes each tensor from the memory-mapped file (`state_dict.load_state_dict`) to its final dtype and device, so the
+host never holds more than one copy of the weights.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import logging
 import os
 import re
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from torch import nn
 
 from .config import ConfigMixin
 from .hub import resolve_file, upload_folder
+from .state_dict import CheckpointError, load_state_dict, safetensors_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -28,20 +31,6 @@ __all__ = ["BaseOutput", "CheckpointError", "ModelMixin", "read_safetensors", "w
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 WEIGHTS_INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
-
-_SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")):
-    if hasattr(torch, _attr):
-        _SAFETENSORS_DTYPES[_name] = getattr(torch, _attr)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded into the model: corrupt file, or keys / shapes that do not match."""
-
 
 class BaseOutput(OrderedDict):
     """Model outputs readable as attributes (`out.sample`), by key, or by position (`out[0]`)."""
@@ -73,54 +62,8 @@ def weights_file_name(name: str, variant: str | None) -> str:
 
 
 def read_safetensors(path: str | os.PathLike, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Read a .safetensors file tensor by tensor into fresh CPU storage.
-
-    Reading with plain file I/O (instead of mmap) keeps exactly one copy of each tensor in memory; floating
-    tensors are cast to `dtype` one at a time. Structural problems raise CheckpointError naming the file.
-    """
-    path = Path(path)
-    size = path.stat().st_size
-    out: dict[str, torch.Tensor] = {}
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise CheckpointError(f"{path} is not a safetensors file: it is only {size} bytes long.")
-        header_len = int.from_bytes(head, "little")
-        if header_len <= 0 or 8 + header_len > size:
-            raise CheckpointError(f"{path} is corrupt: header length {header_len} does not fit a {size}-byte file.")
-        try:
-            header = json.loads(f.read(header_len))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{path} is corrupt: its safetensors header is not valid JSON ({exc}).") from None
-        if not isinstance(header, dict):
-            raise CheckpointError(f"{path} is corrupt: its safetensors header is not a JSON object.")
-        data_start = 8 + header_len
-        entries = sorted(
-            ((k, v) for k, v in header.items() if k != "__metadata__"), key=lambda kv: kv[1]["data_offsets"][0]
-        )
-        for name, info in entries:
-            try:
-                file_dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-                shape = [int(s) for s in info["shape"]]
-                begin, end = (int(o) for o in info["data_offsets"])
-            except (KeyError, TypeError, ValueError):
-                raise CheckpointError(f"{path} is corrupt: bad header entry for tensor {name!r}: {info!r}.") from None
-            tensor = torch.empty(shape, dtype=file_dtype)
-            nbytes = tensor.numel() * tensor.element_size()
-            if end - begin != nbytes or data_start + end > size:
-                raise CheckpointError(
-                    f"{path} is corrupt or truncated: tensor {name!r} ({info['dtype']} {shape}) needs bytes "
-                    f"{begin}..{end} of the data section, but the file has {size - data_start} data bytes."
-                )
-            if nbytes:
-                f.seek(data_start + begin)
-                view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
-                if f.readinto(view) != nbytes:
-                    raise CheckpointError(f"{path} is truncated while reading tensor {name!r}.")
-            if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
-                tensor = tensor.to(dtype)
-            out[name] = tensor
-    return out
+    """A safetensors file as a state dict (memory-mapped; see `load_state_dict`, which also takes a device)."""
+    return load_state_dict(Path(path), dtype=dtype)
 
 
 def _format_keys(keys: list[str], limit: int = 20) -> str:
@@ -145,6 +88,8 @@ class ModelMixin(nn.Module, ConfigMixin):
 
     config_name = "config.json"
     _supports_gradient_checkpointing = True
+    # module classes a device map must keep on one device (None: device_map="auto" is not supported)
+    _no_split_modules: list[str] | None = None
 
     # -- properties ---------------------------------------------------------------------------
     @property
@@ -262,33 +207,62 @@ class ModelMixin(nn.Module, ConfigMixin):
         variant: str | None = None,
         revision: str | None = None,
         torch_dtype: torch.dtype | None = None,
+        device: str | int | torch.device | None = None,
+        device_map: str | int | torch.device | dict[str, Any] | None = None,
+        max_memory: dict[Any, Any] | None = None,
+        low_cpu_mem_usage: bool = True,
         **config_overrides: Any,
     ):
         """Load `config.json` and the safetensors weights of a local folder or a Hub repo.
 
-        Floating-point weights are cast to `torch_dtype` (default: torch's default dtype, as in diffusers).
-        Keys must match exactly; a mismatch raises CheckpointError listing missing and unexpected keys.
+        * `torch_dtype`: floating-point weights are cast to it, tensor by tensor (default: torch's default dtype,
+          as in diffusers).
+        * `device`: every tensor goes from the memory-mapped file straight to it (`"cuda"`, `"cuda:1"`, `"meta"`
+          for a shapes-only model); no full copy of the weights is ever made on the host.
+        * `device_map` (`"auto"`, `"balanced"`, `"balanced_low_0"`, `"sequential"`, a `{module: device}` dict or a
+          device) with `max_memory`: split the model between devices through accelerate (see `placement`).
+        * `low_cpu_mem_usage=True` (default): the model is built without weights and the checkpoint tensors
+          become its parameters: on the CPU at the file's dtype they are views of the mapped file (read on first
+          touch, shared with the page cache). `False`: the model is initialised normally and the weights are
+          copied into it (private memory, independent of the file; slower).
+
+        Keys must match exactly; a mismatch raises CheckpointError listing missing and unexpected keys, before
+        any weight is read.
         """
         from accelerate import init_empty_weights
 
+        from .placement import resolve_placement
+
+        placement = resolve_placement(cls.__name__, device, device_map, max_memory, low_cpu_mem_usage)
         config = cls.load_config(path_or_repo_id, subfolder=subfolder, revision=revision)
         unknown = set(config_overrides) - set(cls.init_parameter_names())
         if unknown:
             raise TypeError(f"{cls.__name__}.from_pretrained got unknown arguments {sorted(unknown)}.")
         files = cls._weight_files(path_or_repo_id, subfolder, variant, revision)
-        with init_empty_weights(include_buffers=False):
+        source = ", ".join(str(f) for f in files) if len(files) <= 2 else f"{files[0].parent} ({len(files)} shards)"
+        if low_cpu_mem_usage:
+            with init_empty_weights(include_buffers=False):
+                model = cls.from_config(config, **config_overrides)
+        else:
             model = cls.from_config(config, **config_overrides)
         dtype = torch_dtype or torch.get_default_dtype()
+        # keys and shapes from the headers first: a mismatch is reported before any weight is read or converted
+        shapes: dict[str, torch.Tensor] = {}
+        for file in files:
+            for key, (shape, file_dtype) in safetensors_shapes(file).items():
+                shapes[key] = torch.empty(shape, dtype=file_dtype, device="meta")
+        model._check_state_dict(model._convert_checkpoint_keys(shapes), source)
+        if placement.uses_map:
+            placement.plan(model, dtype)
         state_dict: dict[str, torch.Tensor] = {}
         for file in files:
-            state_dict.update(read_safetensors(file, dtype=dtype))
+            state_dict.update(load_state_dict(file, dtype=dtype, device=placement.device_of()))
         state_dict = model._convert_checkpoint_keys(state_dict)
-        source = ", ".join(str(f) for f in files) if len(files) <= 2 else f"{files[0].parent} ({len(files)} shards)"
-        model._check_state_dict(state_dict, source)
-        model.load_state_dict(state_dict, strict=True, assign=True)
+        model.load_state_dict(state_dict, strict=True, assign=low_cpu_mem_usage)
         del state_dict
         if torch_dtype is not None:
             model.to(torch_dtype)  # buffers built at init follow the requested dtype
+        placement.finish(model)
         model.eval()
         return model
 
@@ -321,7 +295,14 @@ class ModelMixin(nn.Module, ConfigMixin):
                 old.unlink()
         index_file = directory / weights_file_name(WEIGHTS_INDEX_NAME, variant)
         for filename, names in split.filename_to_tensors.items():
-            save_file({n: state_dict[n] for n in names}, str(directory / filename), metadata={"format": "pt"})
+            # write beside and rename: models loaded from this folder map the old file, which must not change
+            tmp = directory / f".{filename}.{os.getpid()}.{threading.get_ident()}.tmp"
+            try:
+                save_file({n: state_dict[n] for n in names}, str(tmp), metadata={"format": "pt"})
+                os.replace(tmp, directory / filename)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
         if split.is_sharded:
             index = {"metadata": dict(split.metadata), "weight_map": split.tensor_to_filename}
             index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")

@@ -182,6 +182,8 @@ class AutoencoderKL(ModelMixin):
     bound memory for large batches and images.
     """
 
+    _no_split_modules = ["BasicTransformerBlock", "ResnetBlock2D"]
+
     @register_to_config
     def __init__(
         self,

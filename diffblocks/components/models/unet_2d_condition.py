@@ -129,6 +129,8 @@ class UNet2DConditionModel(ModelMixin, _ConditioningEmbeddings):
     Config keys are the diffusers ones, so real `unet/config.json` files load; see `register_to_config`.
     """
 
+    _no_split_modules = ["BasicTransformerBlock", "ResnetBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]
+
     @register_to_config
     def __init__(
         self,
