@@ -273,12 +273,36 @@ def _load_with(type_hint: Any, path: str, loading: dict[str, Any], kwargs: dict[
     if loading.get("revision") is not None:
         call["revision"] = loading["revision"]
     dtype = kwargs.pop("torch_dtype", kwargs.pop("dtype", None))
-    if loading.get("variant") is not None and _is_torch_module_class(type_hint):
+    is_module = _is_torch_module_class(type_hint)
+    if loading.get("variant") is not None and is_module:
         call["variant"] = loading["variant"]
-    if dtype is not None and _is_torch_module_class(type_hint):
+    if dtype is not None and is_module:
         call["dtype" if library == "transformers" else "torch_dtype"] = dtype
+    call.update(_placement_kwargs(kwargs, is_module, library))
     call.update(kwargs)
     return type_hint.from_pretrained(path, **call)
+
+
+_PLACEMENT_KEYS = ("device", "device_map", "max_memory", "low_cpu_mem_usage")
+
+
+def _placement_kwargs(kwargs: dict[str, Any], is_module: bool, library: str) -> dict[str, Any]:
+    """Take device / device_map / max_memory / low_cpu_mem_usage out of `kwargs`, spelled for this loader.
+
+    Components without tensors (tokenizers, schedulers, guiders) ignore them; transformers models take a device
+    as `device_map` (and no longer know `low_cpu_mem_usage`, which is always on there).
+    """
+    given = {key: kwargs.pop(key) for key in _PLACEMENT_KEYS if key in kwargs}
+    given = {key: value for key, value in given.items() if value is not None}
+    if not is_module or not given:
+        return {}
+    if library == "transformers":
+        if "device" in given:
+            if "device_map" in given:
+                raise ValueError(f"pass device={given['device']!r} or device_map={given['device_map']!r}, not both.")
+            given["device_map"] = given.pop("device")
+        given.pop("low_cpu_mem_usage", None)
+    return given
 
 
 def infer_class(path: str, subfolder: str | None, revision: str | None) -> Any:

@@ -19,6 +19,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ModularPipeline", "ComponentLoadError"]
 
+# options of ModularPipeline.from_pretrained kept as defaults for load_components
+LOAD_DEFAULT_KEYS = ("torch_dtype", "device", "device_map", "max_memory", "low_cpu_mem_usage")
+
 
 class ComponentLoadError(RuntimeError):
     """One or more components failed to load; the message lists each with its reason."""
@@ -97,14 +100,25 @@ class ModularPipeline:
         components_manager: Any = None,
         collection: str | None = None,
         revision: str | None = None,
+        **load_defaults: Any,
     ) -> ModularPipeline:
         """A pipeline from a modular repo (modular_model_index.json, optional custom blocks) or a
-        standard diffusers-format repo (model_index.json). Loads no weights."""
+        standard diffusers-format repo (model_index.json). Loads no weights.
+
+        Loading options given here (`torch_dtype`, `device`, `device_map`, `max_memory`, `low_cpu_mem_usage`)
+        become the defaults of this pipeline's `load_components` calls.
+        """
         from .serialization import pipeline_from_repo
 
-        return pipeline_from_repo(cls, repo_or_dir, trust_remote_code=trust_remote_code,
+        unknown = sorted(set(load_defaults) - set(LOAD_DEFAULT_KEYS))
+        if unknown:
+            raise TypeError(f"{cls.__name__}.from_pretrained got unknown arguments {unknown}; loading options it "
+                            f"keeps for load_components: {list(LOAD_DEFAULT_KEYS)}")
+        pipe = pipeline_from_repo(cls, repo_or_dir, trust_remote_code=trust_remote_code,
                                   components_manager=components_manager, collection=collection,
                                   revision=revision)
+        pipe._load_defaults = {k: v for k, v in load_defaults.items() if v is not None}
+        return pipe
 
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False,
                         repo_id: str | None = None, **kwargs: Any) -> None:
@@ -166,8 +180,11 @@ class ModularPipeline:
 
         kwargs go to each loader; a dict such as `torch_dtype={"unet": torch.float16, "default": torch.float32}`
         gives per-component values. A component already held by the components manager under the same
-        load_id is reused rather than loaded twice.
+        load_id is reused rather than loaded twice. `device=` / `device_map=` / `max_memory=` /
+        `low_cpu_mem_usage=` place model weights as they are read (see `ModelMixin.from_pretrained`);
+        components without weights ignore them.
         """
+        kwargs = {**self.__dict__.get("_load_defaults", {}), **kwargs}
         if names is None:
             names = [n for n, s in self._specs.items()
                      if s.default_creation_method == "from_pretrained" and s.pretrained_model_name_or_path
