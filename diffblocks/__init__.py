@@ -34,6 +34,8 @@ _EXPORTS: dict[str, str] = {
     "ComponentLoadError": "diffblocks.runtime.pipeline",
     "TrustRemoteCodeError": "diffblocks.components.trust",
     "UnsafePathError": "diffblocks.components.trust",
+    "generate_batch": "diffblocks.runtime.distributed",
+    "image_seed": "diffblocks.runtime.distributed",
     # components
     "ComponentSpec": "diffblocks.components.spec",
     "ComponentsManager": "diffblocks.components.manager",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from . import generate_batch
+
 
 def _generate(args: argparse.Namespace) -> int:
     import torch
@@ -12,8 +14,8 @@ def _generate(args: argparse.Namespace) -> int:
 
     from ..runtime.pipeline import ModularPipeline
 
-    pipe = ModularPipeline.from_pretrained(args.model)
-    pipe.load_components()
+    if (args.prompt is None) == (args.prompts_file is None):
+        raise SystemExit("diffblocks generate: give either --prompt or --prompts-file")
     kwargs: dict[str, Any] = {"prompt": args.prompt, "num_inference_steps": args.steps,
                               "generator": torch.Generator().manual_seed(args.seed)}
     for name in ("negative_prompt", "guidance_scale", "height", "width", "strength", "num_images_per_prompt"):
@@ -26,6 +28,10 @@ def _generate(args: argparse.Namespace) -> int:
         if not args.image:
             raise SystemExit("diffblocks generate: --mask needs --image (the image to inpaint)")
         kwargs["mask_image"] = Image.open(args.mask).convert("L")
+    if args.prompts_file is not None:
+        return generate_batch.run(args, kwargs)
+    pipe = ModularPipeline.from_pretrained(args.model)
+    pipe.load_components()
     pipe.set_progress_bar_config(disable=args.quiet)
     images = pipe(output="images", **kwargs)
     stem, dot, ext = args.out.rpartition(".")
@@ -39,7 +45,8 @@ def _generate(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     gen_p = sub.add_parser("generate", help="generate images with an SD / SDXL folder or repo (model_index.json)")
     gen_p.add_argument("--model", required=True, help="diffusers-format folder or Hub repo id")
-    gen_p.add_argument("--prompt", required=True)
+    gen_p.add_argument("--prompt", help="the prompt (or --prompts-file)")
+    generate_batch.add_arguments(gen_p)
     gen_p.add_argument("--negative-prompt", dest="negative_prompt")
     gen_p.add_argument("--image", help="init image: image-to-image (or inpainting with --mask)")
     gen_p.add_argument("--mask", help="inpainting mask (white = repaint)")
