@@ -27,12 +27,16 @@ __all__ = [
     "SchedulerOutput",
     "betas_for_alpha_bar",
     "exponential_sigmas",
+    "final_sigma",
+    "karras_or_exponential_sigmas",
     "karras_sigmas",
     "make_betas",
     "randn_tensor",
     "rescale_zero_terminal_snr",
     "sigma_to_t",
+    "spaced_timesteps",
     "threshold_sample",
+    "train_sigmas",
 ]
 
 SCHEDULER_CONFIG_NAME = "scheduler_config.json"
@@ -114,6 +118,54 @@ def karras_sigmas(sigma_min: float, sigma_max: float, num_inference_steps: int, 
 def exponential_sigmas(sigma_min: float, sigma_max: float, num_inference_steps: int) -> np.ndarray:
     """Noise levels evenly spaced in log(sigma)."""
     return np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), num_inference_steps))
+
+
+def karras_or_exponential_sigmas(descending: np.ndarray, num_inference_steps: int, karras: bool,
+                                 sigma_min: float | None = None, sigma_max: float | None = None) -> np.ndarray:
+    """Karras (or log-uniform) noise levels between the ends of a descending schedule (or the configured
+    `sigma_min` / `sigma_max`)."""
+    lo = sigma_min if sigma_min is not None else descending[-1].item()
+    hi = sigma_max if sigma_max is not None else descending[0].item()
+    return (karras_sigmas if karras else exponential_sigmas)(lo, hi, num_inference_steps)
+
+
+def train_sigmas(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """sigma_t = sqrt((1 - a_t) / a_t): the k-diffusion noise level of each training timestep."""
+    return ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+
+
+def final_sigma(kind: str, alphas_cumprod: torch.Tensor, owner: str) -> float | torch.Tensor:
+    """The sigma appended after the last step: 0 ("zero") or the first training sigma ("sigma_min")."""
+    if kind == "sigma_min":
+        return train_sigmas(alphas_cumprod[0])
+    if kind == "zero":
+        return 0
+    raise ValueError(f"{owner}: final_sigmas_type={kind!r} is not supported; expected 'zero' or 'sigma_min'.")
+
+
+# -- timestep spacing ----------------------------------------------------------------------------------
+def spaced_timesteps(spacing: str, num_inference_steps: int, num_train_timesteps: int, steps_offset: int,
+                     owner: str, integer: bool) -> np.ndarray:
+    """Descending timesteps for the spacings of arXiv 2305.08891, table 2: int64 rounded (DDIM, DDPM, PNDM) or
+    float32 (the sigma samplers, whose 'linspace' is not rounded)."""
+    n, n_train = num_inference_steps, num_train_timesteps
+    dtype = np.int64 if integer else np.float32
+    if spacing == "linspace":
+        if integer:
+            return np.linspace(0, n_train - 1, n).round()[::-1].copy().astype(np.int64)
+        return np.linspace(0, n_train - 1, n, dtype=np.float32)[::-1].copy()
+    if spacing == "leading":
+        step_ratio = n_train // n
+        timesteps = (np.arange(0, n) * step_ratio).round()[::-1].copy().astype(dtype)
+        timesteps += steps_offset
+        return timesteps
+    if spacing == "trailing":
+        step_ratio = n_train / n
+        timesteps = np.round(np.arange(n_train, 0, -step_ratio)).astype(dtype)
+        timesteps -= 1
+        return timesteps
+    raise ValueError(f"{owner}: timestep_spacing={spacing!r} is not supported; expected 'linspace', 'leading' "
+                     "or 'trailing'.")
 
 
 def sigma_to_t(sigmas: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
@@ -306,7 +358,50 @@ class SchedulerMixin(ConfigMixin):
             return [self.step_index] * timesteps.shape[0]
         return [self.begin_index] * timesteps.shape[0]
 
-    # -- argument checks shared by set_timesteps ----------------------------------------------------------
+    # -- the training noise schedule -------------------------------------------------------------------
+    def _init_noise_schedule(self, betas: torch.Tensor, rescale_betas_zero_snr: bool,
+                             zero_snr_floor: bool = False) -> None:
+        """`betas` (rescaled to zero terminal SNR when asked), `alphas` and `alphas_cumprod`.
+
+        `zero_snr_floor`: samplers that divide by alpha-bar (sigma = sqrt((1 - a) / a)) keep the last alpha-bar
+        at the smallest float32 step above zero instead of 0, as the reference does.
+        """
+        if rescale_betas_zero_snr:
+            betas = rescale_zero_terminal_snr(betas)
+        self.betas = betas
+        self.alphas = 1.0 - betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        if rescale_betas_zero_snr and zero_snr_floor:
+            self.alphas_cumprod[-1] = 2**-24
+
+    # -- argument checks shared by __init__, set_timesteps and step ------------------------------------
+    def _check_sigma_options(self, use_karras_sigmas: Any, use_exponential_sigmas: Any, use_beta_sigmas: Any,
+                             alternatives: str = "use_karras_sigmas or use_exponential_sigmas") -> None:
+        name = type(self).__name__
+        if use_beta_sigmas:
+            raise ValueError(f"{name}: use_beta_sigmas is not supported by diffblocks; use {alternatives}.")
+        if bool(use_karras_sigmas) + bool(use_exponential_sigmas) > 1:
+            raise ValueError(f"{name}: use only one of use_karras_sigmas and use_exponential_sigmas.")
+
+    def _check_num_inference_steps(self, num_inference_steps: Any, maximum: int | None = None) -> int:
+        """`num_inference_steps` as an int >= 1 (and <= `maximum`, the training timesteps, where given)."""
+        name = type(self).__name__
+        if maximum is not None:
+            if num_inference_steps is None or not 1 <= int(num_inference_steps) <= maximum:
+                raise ValueError(f"{name}.set_timesteps: num_inference_steps must be in [1, {maximum}] "
+                                 f"(num_train_timesteps), got {num_inference_steps!r}.")
+        elif num_inference_steps is None or int(num_inference_steps) < 1:
+            raise ValueError(f"{name}.set_timesteps: num_inference_steps must be a positive int, got "
+                             f"{num_inference_steps!r}.")
+        return int(num_inference_steps)
+
+    def _reject_integer_timestep(self, timestep: Any) -> None:
+        if isinstance(timestep, (int, torch.IntTensor, torch.LongTensor)):
+            raise ValueError(
+                f"{type(self).__name__}.step got an integer timestep {timestep!r}; pass a value from "
+                "`scheduler.timesteps` (not an index from enumerate)."
+            )
+
     def _require_set_timesteps(self) -> None:
         if self.num_inference_steps is None:
             raise ValueError(f"{type(self).__name__}: call `set_timesteps(num_inference_steps)` before `step`.")

@@ -15,30 +15,11 @@ from .base import (
     _broadcast,
     make_betas,
     randn_tensor,
-    rescale_zero_terminal_snr,
+    spaced_timesteps,
     threshold_sample,
 )
 
 __all__ = ["DDIMScheduler", "PNDMScheduler"]
-
-
-def int_spacing(spacing: str, num_inference_steps: int, num_train_timesteps: int, steps_offset: int,
-                owner: str) -> np.ndarray:
-    """Descending int64 timesteps for the spacings of arXiv 2305.08891, table 2 (DDIM's rounding)."""
-    if spacing == "linspace":
-        return np.linspace(0, num_train_timesteps - 1, num_inference_steps).round()[::-1].copy().astype(np.int64)
-    if spacing == "leading":
-        step_ratio = num_train_timesteps // num_inference_steps
-        timesteps = (np.arange(0, num_inference_steps) * step_ratio).round()[::-1].copy().astype(np.int64)
-        timesteps += steps_offset
-        return timesteps
-    if spacing == "trailing":
-        step_ratio = num_train_timesteps / num_inference_steps
-        timesteps = np.round(np.arange(num_train_timesteps, 0, -step_ratio)).astype(np.int64)
-        timesteps -= 1
-        return timesteps
-    raise ValueError(f"{owner}: timestep_spacing={spacing!r} is not supported; expected 'linspace', 'leading' "
-                     "or 'trailing'.")
 
 
 class _AlphaBarScheduler(SchedulerMixin):
@@ -49,11 +30,7 @@ class _AlphaBarScheduler(SchedulerMixin):
     def _init_alphas(self, num_train_timesteps: int, beta_start: float, beta_end: float, beta_schedule: str,
                      trained_betas, rescale_betas_zero_snr: bool, set_alpha_to_one: bool) -> None:
         betas = make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, type(self).__name__)
-        if rescale_betas_zero_snr:
-            betas = rescale_zero_terminal_snr(betas)
-        self.betas = betas
-        self.alphas = 1.0 - betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self._init_noise_schedule(betas, rescale_betas_zero_snr)
         # alpha-bar "before" timestep 0: exactly 1 (fully clean) or the first training value.
         self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
         self.num_inference_steps = None
@@ -62,22 +39,22 @@ class _AlphaBarScheduler(SchedulerMixin):
         """These samplers feed the sample to the model unscaled."""
         return sample
 
+    def _sqrt_alpha_terms(self, timesteps: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sqrt(a_t), sqrt(1 - a_t)) at `timesteps`, on `like`'s device and dtype, broadcastable to it."""
+        self.alphas_cumprod = self.alphas_cumprod.to(device=like.device)
+        alphas_cumprod = self.alphas_cumprod.to(dtype=like.dtype)
+        timesteps = timesteps.to(like.device)
+        return (_broadcast(alphas_cumprod[timesteps] ** 0.5, like),
+                _broadcast((1 - alphas_cumprod[timesteps]) ** 0.5, like))
+
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) noise."""
-        self.alphas_cumprod = self.alphas_cumprod.to(device=original_samples.device)
-        alphas_cumprod = self.alphas_cumprod.to(dtype=original_samples.dtype)
-        timesteps = timesteps.to(original_samples.device)
-        sqrt_alpha_prod = _broadcast(alphas_cumprod[timesteps] ** 0.5, original_samples)
-        sqrt_one_minus_alpha_prod = _broadcast((1 - alphas_cumprod[timesteps]) ** 0.5, original_samples)
+        sqrt_alpha_prod, sqrt_one_minus_alpha_prod = self._sqrt_alpha_terms(timesteps, original_samples)
         return sqrt_alpha_prod * original_samples + sqrt_one_minus_alpha_prod * noise
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The v-prediction target sqrt(a_t) noise - sqrt(1 - a_t) x_0 (for training)."""
-        self.alphas_cumprod = self.alphas_cumprod.to(device=sample.device)
-        alphas_cumprod = self.alphas_cumprod.to(dtype=sample.dtype)
-        timesteps = timesteps.to(sample.device)
-        sqrt_alpha_prod = _broadcast(alphas_cumprod[timesteps] ** 0.5, sample)
-        sqrt_one_minus_alpha_prod = _broadcast((1 - alphas_cumprod[timesteps]) ** 0.5, sample)
+        sqrt_alpha_prod, sqrt_one_minus_alpha_prod = self._sqrt_alpha_terms(timesteps, sample)
         return sqrt_alpha_prod * noise - sqrt_one_minus_alpha_prod * sample
 
 
@@ -119,12 +96,9 @@ class DDIMScheduler(_AlphaBarScheduler):
     ) -> None:
         self._reject_custom(timesteps, sigmas, mu)
         cfg = self.config
-        if num_inference_steps is None or not 1 <= int(num_inference_steps) <= cfg.num_train_timesteps:
-            raise ValueError(f"DDIMScheduler.set_timesteps: num_inference_steps must be in [1, "
-                             f"{cfg.num_train_timesteps}] (num_train_timesteps), got {num_inference_steps!r}.")
-        self.num_inference_steps = int(num_inference_steps)
-        timesteps = int_spacing(cfg.timestep_spacing, self.num_inference_steps, cfg.num_train_timesteps,
-                                cfg.steps_offset, "DDIMScheduler")
+        self.num_inference_steps = self._check_num_inference_steps(num_inference_steps, cfg.num_train_timesteps)
+        timesteps = spaced_timesteps(cfg.timestep_spacing, self.num_inference_steps, cfg.num_train_timesteps,
+                                     cfg.steps_offset, "DDIMScheduler", integer=True)
         self.timesteps = torch.from_numpy(timesteps).to(device)
 
     def _get_variance(self, timestep, prev_timestep) -> torch.Tensor:
@@ -241,25 +215,12 @@ class PNDMScheduler(_AlphaBarScheduler):
         self._reject_custom(timesteps, sigmas, mu)
         cfg = self.config
         n_train = cfg.num_train_timesteps
-        if num_inference_steps is None or int(num_inference_steps) < 1:
-            raise ValueError(f"PNDMScheduler.set_timesteps: num_inference_steps must be a positive int, got "
-                             f"{num_inference_steps!r}.")
-        n = int(num_inference_steps)
+        n = self._check_num_inference_steps(num_inference_steps)
         if not cfg.skip_prk_steps and n < self.pndm_order:
             raise ValueError(f"PNDMScheduler.set_timesteps: with skip_prk_steps=False at least {self.pndm_order} "
                              f"steps are needed, got {n}.")
         self.num_inference_steps = n
-        if cfg.timestep_spacing == "linspace":
-            ts = np.linspace(0, n_train - 1, n).round().astype(np.int64)
-        elif cfg.timestep_spacing == "leading":
-            ts = (np.arange(0, n) * (n_train // n)).round()
-            ts += cfg.steps_offset
-        elif cfg.timestep_spacing == "trailing":
-            ts = np.round(np.arange(n_train, 0, -n_train / n))[::-1].astype(np.int64)
-            ts -= 1
-        else:
-            raise ValueError(f"PNDMScheduler: timestep_spacing={cfg.timestep_spacing!r} is not supported; expected "
-                             "'linspace', 'leading' or 'trailing'.")
+        ts = spaced_timesteps(cfg.timestep_spacing, n, n_train, cfg.steps_offset, "PNDMScheduler", integer=True)[::-1]
         self._timesteps = ts  # ascending
 
         if cfg.skip_prk_steps:

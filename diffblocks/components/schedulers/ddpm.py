@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from ..config import register_to_config
-from .base import SchedulerOutput, make_betas, randn_tensor, rescale_zero_terminal_snr, threshold_sample
-from .ddim import _AlphaBarScheduler, int_spacing
+from .base import SchedulerOutput, make_betas, randn_tensor, spaced_timesteps, threshold_sample
+from .ddim import _AlphaBarScheduler
 
 __all__ = ["DDPMScheduler"]
 
@@ -80,12 +80,8 @@ class DDPMScheduler(_AlphaBarScheduler):
         if prediction_type not in ("epsilon", "sample", "v_prediction"):
             raise ValueError(f"DDPMScheduler: prediction_type={prediction_type!r} is not supported; expected "
                              "'epsilon', 'sample' or 'v_prediction'.")
-        betas = ddpm_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
-        if rescale_betas_zero_snr:
-            betas = rescale_zero_terminal_snr(betas)
-        self.betas = betas
-        self.alphas = 1.0 - betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self._init_noise_schedule(ddpm_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas),
+                                  rescale_betas_zero_snr)
         self.one = torch.tensor(1.0)
         self.num_inference_steps = None
         self.custom_timesteps = False
@@ -118,13 +114,10 @@ class DDPMScheduler(_AlphaBarScheduler):
             self.custom_timesteps = True
             self.num_inference_steps = len(timesteps)
         else:
-            if num_inference_steps is None or not 1 <= int(num_inference_steps) <= cfg.num_train_timesteps:
-                raise ValueError(f"DDPMScheduler.set_timesteps: num_inference_steps must be in [1, "
-                                 f"{cfg.num_train_timesteps}] (num_train_timesteps), got {num_inference_steps!r}.")
-            self.num_inference_steps = int(num_inference_steps)
+            self.num_inference_steps = self._check_num_inference_steps(num_inference_steps, cfg.num_train_timesteps)
             self.custom_timesteps = False
-            values = int_spacing(cfg.timestep_spacing, self.num_inference_steps, cfg.num_train_timesteps,
-                                 cfg.steps_offset, "DDPMScheduler")
+            values = spaced_timesteps(cfg.timestep_spacing, self.num_inference_steps, cfg.num_train_timesteps,
+                                      cfg.steps_offset, "DDPMScheduler", integer=True)
         self.timesteps = torch.from_numpy(values).to(device)
 
     def previous_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:

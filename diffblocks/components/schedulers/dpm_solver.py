@@ -13,13 +13,13 @@ from .base import (
     SchedulerMixin,
     SchedulerOutput,
     _broadcast,
-    exponential_sigmas,
-    karras_sigmas,
+    final_sigma,
+    karras_or_exponential_sigmas,
     make_betas,
     randn_tensor,
-    rescale_zero_terminal_snr,
     sigma_to_t,
     threshold_sample,
+    train_sigmas,
 )
 
 __all__ = ["DPMSolverMultistepScheduler"]
@@ -56,17 +56,11 @@ class _MultistepSolver(SchedulerMixin):
     def _init_vp_schedule(self, num_train_timesteps: int, beta_start: float, beta_end: float, beta_schedule: str,
                           trained_betas, rescale_betas_zero_snr: bool) -> None:
         betas = make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, type(self).__name__)
-        if rescale_betas_zero_snr:
-            betas = rescale_zero_terminal_snr(betas)
-        self.betas = betas
-        self.alphas = 1.0 - betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
-        if rescale_betas_zero_snr:
-            self.alphas_cumprod[-1] = 2**-24
+        self._init_noise_schedule(betas, rescale_betas_zero_snr, zero_snr_floor=True)
         self.alpha_t = torch.sqrt(self.alphas_cumprod)
         self.sigma_t = torch.sqrt(1 - self.alphas_cumprod)
         self.lambda_t = torch.log(self.alpha_t) - torch.log(self.sigma_t)
-        self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
+        self.sigmas = train_sigmas(self.alphas_cumprod)
         self._train_sigmas = self.sigmas.numpy()
         timesteps = np.linspace(0, num_train_timesteps - 1, num_train_timesteps, dtype=np.float32)[::-1].copy()
         self.timesteps = torch.from_numpy(timesteps)
@@ -86,14 +80,6 @@ class _MultistepSolver(SchedulerMixin):
         self._alpha = alpha
         self._sigma = sigma
         self._lambda = torch.log(alpha) - torch.log(sigma)
-
-    def _final_sigma(self, name: str) -> float | torch.Tensor:
-        kind = self.config.final_sigmas_type
-        if kind == "sigma_min":
-            return ((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5
-        if kind == "zero":
-            return 0
-        raise ValueError(f"{name}: final_sigmas_type={kind!r} is not supported; expected 'zero' or 'sigma_min'.")
 
     def _threshold(self, x0: torch.Tensor) -> torch.Tensor:
         return threshold_sample(x0, self.config.dynamic_thresholding_ratio, self.config.sample_max_value)
@@ -152,11 +138,8 @@ class DPMSolverMultistepScheduler(_MultistepSolver):
         time_shift_type: Literal["exponential"] = "exponential",
     ):
         name = type(self).__name__
-        if use_beta_sigmas:
-            raise ValueError(f"{name}: use_beta_sigmas is not supported by diffblocks; use use_karras_sigmas, "
-                             "use_exponential_sigmas or use_lu_lambdas.")
-        if bool(use_karras_sigmas) + bool(use_exponential_sigmas) > 1:
-            raise ValueError(f"{name}: use only one of use_karras_sigmas and use_exponential_sigmas.")
+        self._check_sigma_options(use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas,
+                                  "use_karras_sigmas, use_exponential_sigmas or use_lu_lambdas")
         fixes = {}
         if algorithm_type not in _ALGORITHMS:
             if algorithm_type != "deis":
@@ -205,9 +188,7 @@ class DPMSolverMultistepScheduler(_MultistepSolver):
         if timesteps is not None:
             timesteps = np.array(timesteps).astype(np.int64)
         else:
-            if int(num_inference_steps) < 1:
-                raise ValueError(f"{name}.set_timesteps: num_inference_steps must be positive, got "
-                                 f"{num_inference_steps}.")
+            num_inference_steps = self._check_num_inference_steps(num_inference_steps)
             # Skip the high-noise end where lambda is below lambda_min_clipped (cosine schedules).
             clipped_idx = torch.searchsorted(torch.flip(self.lambda_t, [0]), cfg.lambda_min_clipped)
             last_timestep = (cfg.num_train_timesteps - clipped_idx).numpy().item()
@@ -217,9 +198,7 @@ class DPMSolverMultistepScheduler(_MultistepSolver):
         sigmas = self._train_sigmas
         log_sigmas = np.log(sigmas)
         if cfg.use_karras_sigmas or cfg.use_exponential_sigmas:
-            desc = np.flip(sigmas).copy()
-            convert = karras_sigmas if cfg.use_karras_sigmas else exponential_sigmas
-            sigmas = convert(desc[-1].item(), desc[0].item(), num_inference_steps)
+            sigmas = karras_or_exponential_sigmas(np.flip(sigmas), num_inference_steps, cfg.use_karras_sigmas)
             timesteps = sigma_to_t(sigmas, log_sigmas)
             if cfg.use_karras_sigmas and cfg.beta_schedule != "squaredcos_cap_v2":
                 timesteps = timesteps.round()
@@ -241,7 +220,7 @@ class DPMSolverMultistepScheduler(_MultistepSolver):
         else:
             sigmas = np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)
 
-        sigmas = np.concatenate([sigmas, [self._final_sigma(name)]]).astype(np.float32)
+        sigmas = np.concatenate([sigmas, [final_sigma(cfg.final_sigmas_type, self.alphas_cumprod, name)]]).astype(np.float32)
         self.sigmas = torch.from_numpy(sigmas)
         self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.int64)
         self.num_inference_steps = len(timesteps)

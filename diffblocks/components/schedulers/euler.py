@@ -14,43 +14,18 @@ from .base import (
     SchedulerMixin,
     SchedulerOutput,
     _broadcast,
-    exponential_sigmas,
-    karras_sigmas,
+    final_sigma,
+    karras_or_exponential_sigmas,
     make_betas,
     randn_tensor,
-    rescale_zero_terminal_snr,
     sigma_to_t,
+    spaced_timesteps,
+    train_sigmas,
 )
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler"]
-
-
-def float_spacing(spacing: str, num_inference_steps: int, num_train_timesteps: int, steps_offset: int,
-                  owner: str) -> np.ndarray:
-    """Descending float32 timesteps for the three spacings of arXiv 2305.08891, table 2."""
-    if spacing == "linspace":
-        return np.linspace(0, num_train_timesteps - 1, num_inference_steps, dtype=np.float32)[::-1].copy()
-    if spacing == "leading":
-        step_ratio = num_train_timesteps // num_inference_steps
-        timesteps = (np.arange(0, num_inference_steps) * step_ratio).round()[::-1].copy().astype(np.float32)
-        timesteps += steps_offset
-        return timesteps
-    if spacing == "trailing":
-        step_ratio = num_train_timesteps / num_inference_steps
-        timesteps = np.arange(num_train_timesteps, 0, -step_ratio).round().copy().astype(np.float32)
-        timesteps -= 1
-        return timesteps
-    raise ValueError(f"{owner}: timestep_spacing={spacing!r} is not supported; expected 'linspace', 'leading' "
-                     "or 'trailing'.")
-
-
-def _check_steps(owner: str, num_inference_steps: int | None) -> int:
-    if num_inference_steps is None or int(num_inference_steps) < 1:
-        raise ValueError(f"{owner}.set_timesteps: num_inference_steps must be a positive int, got "
-                         f"{num_inference_steps!r}.")
-    return int(num_inference_steps)
 
 
 class _DiscreteSigmaScheduler(SchedulerMixin):
@@ -59,15 +34,8 @@ class _DiscreteSigmaScheduler(SchedulerMixin):
     def _init_training_schedule(self, num_train_timesteps: int, beta_start: float, beta_end: float,
                                 beta_schedule: str, trained_betas, rescale_betas_zero_snr: bool) -> None:
         betas = make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, type(self).__name__)
-        if rescale_betas_zero_snr:
-            betas = rescale_zero_terminal_snr(betas)
-        self.betas = betas
-        self.alphas = 1.0 - betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
-        if rescale_betas_zero_snr:
-            # Zero SNR would make sigma infinite; the reference uses the smallest float32 step above zero.
-            self.alphas_cumprod[-1] = 2**-24
-        self._train_sigmas = (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).numpy()
+        self._init_noise_schedule(betas, rescale_betas_zero_snr, zero_snr_floor=True)
+        self._train_sigmas = train_sigmas(self.alphas_cumprod).numpy()
         self.num_inference_steps = None
         self.is_scale_input_called = False
         self._step_index = None
@@ -89,12 +57,14 @@ class _DiscreteSigmaScheduler(SchedulerMixin):
         self.is_scale_input_called = True
         return sample / ((sigma**2 + 1) ** 0.5)
 
-    def _check_timestep(self, timestep: float | torch.Tensor) -> None:
-        if isinstance(timestep, (int, torch.IntTensor, torch.LongTensor)):
-            raise ValueError(
-                f"{type(self).__name__}.step got an integer timestep {timestep!r}; pass a value from "
-                "`scheduler.timesteps` (not an index from enumerate)."
-            )
+    def _begin_step(self, timestep: float | torch.Tensor) -> None:
+        """Checks and step-index set-up at the start of `step`."""
+        self._reject_integer_timestep(timestep)
+        if not self.is_scale_input_called:
+            logger.warning("%s.step called without scale_model_input; the model input was not scaled.",
+                           type(self).__name__)
+        if self.step_index is None:
+            self._init_step_index(timestep)
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """x_t = x_0 + sigma_t * noise (the k-diffusion parameterisation)."""
@@ -144,11 +114,7 @@ class EulerDiscreteScheduler(_DiscreteSigmaScheduler):
         rescale_betas_zero_snr: bool = False,
         final_sigmas_type: Literal["zero", "sigma_min"] = "zero",
     ):
-        if use_beta_sigmas:
-            raise ValueError("EulerDiscreteScheduler: use_beta_sigmas is not supported by diffblocks; use "
-                             "use_karras_sigmas or use_exponential_sigmas.")
-        if bool(use_karras_sigmas) + bool(use_exponential_sigmas) > 1:
-            raise ValueError("EulerDiscreteScheduler: use only one of use_karras_sigmas and use_exponential_sigmas.")
+        self._check_sigma_options(use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas)
         self._init_training_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
                                      rescale_betas_zero_snr)
         sigmas = torch.from_numpy(self._train_sigmas).flip(0)
@@ -187,7 +153,7 @@ class EulerDiscreteScheduler(_DiscreteSigmaScheduler):
                              "use_exponential_sigmas or continuous v-prediction timesteps.")
         if num_inference_steps is None:
             num_inference_steps = len(timesteps) if timesteps is not None else len(sigmas) - 1
-        num_inference_steps = _check_steps(name, num_inference_steps)
+        num_inference_steps = self._check_num_inference_steps(num_inference_steps)
         self.num_inference_steps = num_inference_steps
         log_sigmas = np.log(self._train_sigmas)
 
@@ -198,8 +164,8 @@ class EulerDiscreteScheduler(_DiscreteSigmaScheduler):
             if timesteps is not None:
                 timesteps = np.array(timesteps).astype(np.float32)
             else:
-                timesteps = float_spacing(cfg.timestep_spacing, num_inference_steps, cfg.num_train_timesteps,
-                                          cfg.steps_offset, name)
+                timesteps = spaced_timesteps(cfg.timestep_spacing, num_inference_steps, cfg.num_train_timesteps,
+                                             cfg.steps_offset, name, integer=False)
             train_sigmas = self._train_sigmas
             if cfg.interpolation_type == "linear":
                 sigmas = np.interp(timesteps, np.arange(0, len(train_sigmas)), train_sigmas)
@@ -210,18 +176,10 @@ class EulerDiscreteScheduler(_DiscreteSigmaScheduler):
                 raise ValueError(f"{name}: interpolation_type={cfg.interpolation_type!r} is not supported; "
                                  "expected 'linear' or 'log_linear'.")
             if cfg.use_karras_sigmas or cfg.use_exponential_sigmas:
-                lo = cfg.sigma_min if cfg.sigma_min is not None else sigmas[-1].item()
-                hi = cfg.sigma_max if cfg.sigma_max is not None else sigmas[0].item()
-                convert = karras_sigmas if cfg.use_karras_sigmas else exponential_sigmas
-                sigmas = convert(lo, hi, num_inference_steps)
+                sigmas = karras_or_exponential_sigmas(sigmas, num_inference_steps, cfg.use_karras_sigmas,
+                                                      cfg.sigma_min, cfg.sigma_max)
                 timesteps = sigma_to_t(sigmas, log_sigmas)
-            if cfg.final_sigmas_type == "sigma_min":
-                sigma_last = ((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5
-            elif cfg.final_sigmas_type == "zero":
-                sigma_last = 0
-            else:
-                raise ValueError(f"{name}: final_sigmas_type={cfg.final_sigmas_type!r} is not supported; expected "
-                                 "'zero' or 'sigma_min'.")
+            sigma_last = final_sigma(cfg.final_sigmas_type, self.alphas_cumprod, name)
             sigmas = np.concatenate([sigmas, [sigma_last]]).astype(np.float32)
 
         sigmas = torch.from_numpy(sigmas).to(dtype=torch.float32, device=device)
@@ -246,12 +204,7 @@ class EulerDiscreteScheduler(_DiscreteSigmaScheduler):
         return_dict: bool = True,
     ) -> SchedulerOutput | tuple:
         """One Euler step from sigma_i to sigma_{i+1}; `s_churn > 0` adds fresh noise first (SDE-like)."""
-        self._check_timestep(timestep)
-        if not self.is_scale_input_called:
-            logger.warning("%s.step called without scale_model_input; the model input was not scaled.",
-                           type(self).__name__)
-        if self.step_index is None:
-            self._init_step_index(timestep)
+        self._begin_step(timestep)
         sample = sample.to(torch.float32)
         sigma = self.sigmas[self.step_index]
         gamma = 0.0
@@ -308,10 +261,10 @@ class EulerAncestralDiscreteScheduler(_DiscreteSigmaScheduler):
         """Evenly spaced timesteps (per `timestep_spacing`) and their interpolated sigmas, plus a final 0."""
         self._reject_custom(timesteps, sigmas, mu)
         cfg = self.config
-        num_inference_steps = _check_steps(type(self).__name__, num_inference_steps)
+        num_inference_steps = self._check_num_inference_steps(num_inference_steps)
         self.num_inference_steps = num_inference_steps
-        timesteps = float_spacing(cfg.timestep_spacing, num_inference_steps, cfg.num_train_timesteps,
-                                  cfg.steps_offset, type(self).__name__)
+        timesteps = spaced_timesteps(cfg.timestep_spacing, num_inference_steps, cfg.num_train_timesteps,
+                                     cfg.steps_offset, type(self).__name__, integer=False)
         train_sigmas = self._train_sigmas
         sigmas = np.interp(timesteps, np.arange(0, len(train_sigmas)), train_sigmas)
         sigmas = np.concatenate([sigmas, [0.0]]).astype(np.float32)
@@ -329,12 +282,7 @@ class EulerAncestralDiscreteScheduler(_DiscreteSigmaScheduler):
         return_dict: bool = True,
     ) -> SchedulerOutput | tuple:
         """Step to sigma_down deterministically, then add noise * sigma_up (drawn every step, also the last)."""
-        self._check_timestep(timestep)
-        if not self.is_scale_input_called:
-            logger.warning("%s.step called without scale_model_input; the model input was not scaled.",
-                           type(self).__name__)
-        if self.step_index is None:
-            self._init_step_index(timestep)
+        self._begin_step(timestep)
         if self.config.prediction_type == "sample":
             raise ValueError("EulerAncestralDiscreteScheduler: prediction_type='sample' is not supported; use "
                              "'epsilon' or 'v_prediction'.")

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..config import register_to_config
-from .base import SchedulerMixin, SchedulerOutput, _broadcast, exponential_sigmas, karras_sigmas, randn_tensor
+from .base import SchedulerMixin, SchedulerOutput, _broadcast, karras_or_exponential_sigmas, randn_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +45,7 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin):
         time_shift_type: Literal["exponential", "linear"] = "exponential",
         stochastic_sampling: bool = False,
     ):
-        if use_beta_sigmas:
-            raise ValueError("FlowMatchEulerDiscreteScheduler: use_beta_sigmas is not supported by diffblocks; use "
-                             "use_karras_sigmas or use_exponential_sigmas.")
-        if bool(use_karras_sigmas) + bool(use_exponential_sigmas) > 1:
-            raise ValueError("FlowMatchEulerDiscreteScheduler: use only one of use_karras_sigmas and "
-                             "use_exponential_sigmas.")
+        self._check_sigma_options(use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas)
         if time_shift_type not in ("exponential", "linear"):
             raise ValueError(f"FlowMatchEulerDiscreteScheduler: time_shift_type={time_shift_type!r} is not "
                              "supported; expected 'exponential' or 'linear'.")
@@ -130,8 +125,7 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin):
             raise ValueError(f"{name}.set_timesteps: pass num_inference_steps, timesteps or sigmas.")
         else:
             num_inference_steps = len(sigmas) if sigmas is not None else len(timesteps)
-        if int(num_inference_steps) < 1:
-            raise ValueError(f"{name}.set_timesteps: num_inference_steps must be positive, got {num_inference_steps}.")
+        num_inference_steps = self._check_num_inference_steps(num_inference_steps)
         self.num_inference_steps = num_inference_steps
 
         timesteps_given = timesteps is not None
@@ -156,8 +150,7 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin):
         if cfg.shift_terminal:
             sigmas = self.stretch_shift_to_terminal(sigmas)
         if cfg.use_karras_sigmas or cfg.use_exponential_sigmas:
-            convert = karras_sigmas if cfg.use_karras_sigmas else exponential_sigmas
-            sigmas = convert(sigmas[-1].item(), sigmas[0].item(), num_inference_steps)
+            sigmas = karras_or_exponential_sigmas(sigmas, num_inference_steps, cfg.use_karras_sigmas)
 
         sigmas = torch.from_numpy(sigmas).to(dtype=torch.float32, device=device)
         if timesteps_given:
@@ -191,9 +184,7 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin):
 
         The s_* arguments exist for signature compatibility and have no effect (as in the reference).
         """
-        if isinstance(timestep, (int, torch.IntTensor, torch.LongTensor)):
-            raise ValueError(f"{type(self).__name__}.step got an integer timestep {timestep!r}; pass a value from "
-                             "`scheduler.timesteps` (not an index from enumerate).")
+        self._reject_integer_timestep(timestep)
         if self.step_index is None:
             self._init_step_index(timestep)
         sample = sample.to(torch.float32)

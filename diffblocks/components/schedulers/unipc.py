@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..config import register_to_config
-from .base import SchedulerOutput, exponential_sigmas, karras_sigmas, sigma_to_t
+from .base import SchedulerOutput, final_sigma, karras_or_exponential_sigmas, sigma_to_t
 from .dpm_solver import _MultistepSolver, multistep_spacing
 
 __all__ = ["UniPCMultistepScheduler"]
@@ -55,11 +55,7 @@ class UniPCMultistepScheduler(_MultistepSolver):
         shift_terminal: float | None = None,
     ):
         name = type(self).__name__
-        if use_beta_sigmas:
-            raise ValueError(f"{name}: use_beta_sigmas is not supported by diffblocks; use use_karras_sigmas or "
-                             "use_exponential_sigmas.")
-        if bool(use_karras_sigmas) + bool(use_exponential_sigmas) > 1:
-            raise ValueError(f"{name}: use only one of use_karras_sigmas and use_exponential_sigmas.")
+        self._check_sigma_options(use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas)
         if shift_terminal is not None and not use_flow_sigmas:
             raise ValueError(f"{name}: shift_terminal is only supported with use_flow_sigmas=True.")
         if solver_p is not None:
@@ -119,15 +115,12 @@ class UniPCMultistepScheduler(_MultistepSolver):
             if not cfg.use_flow_sigmas:
                 raise ValueError(f"{name}.set_timesteps: custom `sigmas` need use_flow_sigmas=True.")
             num_inference_steps = len(sigmas)
-        if num_inference_steps is None or int(num_inference_steps) < 1:
-            raise ValueError(f"{name}.set_timesteps: num_inference_steps must be a positive int, got "
-                             f"{num_inference_steps!r}.")
+        num_inference_steps = self._check_num_inference_steps(num_inference_steps)
         n_train = cfg.num_train_timesteps
         timesteps = multistep_spacing(cfg.timestep_spacing, num_inference_steps, n_train, n_train,
                                       cfg.steps_offset, name)
-        if cfg.final_sigmas_type not in ("zero", "sigma_min"):
-            raise ValueError(f"{name}: final_sigmas_type={cfg.final_sigmas_type!r} is not supported; expected "
-                             "'zero' or 'sigma_min'.")
+        # the training schedule's last sigma ("zero" or "sigma_min"); the other branches end at their own sigma_min
+        train_final = final_sigma(cfg.final_sigmas_type, self.alphas_cumprod, name)
         zero_final = cfg.final_sigmas_type == "zero"
 
         if cfg.use_karras_sigmas or cfg.use_exponential_sigmas:
@@ -135,18 +128,14 @@ class UniPCMultistepScheduler(_MultistepSolver):
                 sigmas = self._train_sigmas
             sigmas = np.asarray(sigmas)
             log_sigmas = np.log(sigmas)
-            desc = np.flip(sigmas).copy()
-            lo = cfg.sigma_min if cfg.sigma_min is not None else desc[-1].item()
-            hi = cfg.sigma_max if cfg.sigma_max is not None else desc[0].item()
-            if cfg.use_karras_sigmas:
-                sigmas = karras_sigmas(lo, hi, num_inference_steps)
-                if cfg.use_flow_sigmas:
-                    sigmas = sigmas / (sigmas + 1)
-                    timesteps = (sigmas * n_train).copy()
-                else:
-                    timesteps = sigma_to_t(sigmas, log_sigmas).round()
+            sigmas = karras_or_exponential_sigmas(np.flip(sigmas), num_inference_steps, cfg.use_karras_sigmas,
+                                                  cfg.sigma_min, cfg.sigma_max)
+            if cfg.use_karras_sigmas and cfg.use_flow_sigmas:
+                sigmas = sigmas / (sigmas + 1)
+                timesteps = (sigmas * n_train).copy()
+            elif cfg.use_karras_sigmas:
+                timesteps = sigma_to_t(sigmas, log_sigmas).round()
             else:
-                sigmas = exponential_sigmas(lo, hi, num_inference_steps)
                 timesteps = sigma_to_t(sigmas, log_sigmas)
             sigma_last = 0 if zero_final else sigmas[-1]
         elif cfg.use_flow_sigmas:
@@ -170,7 +159,7 @@ class UniPCMultistepScheduler(_MultistepSolver):
             if sigmas is None:
                 sigmas = self._train_sigmas
             sigmas = np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)
-            sigma_last = 0 if zero_final else ((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5
+            sigma_last = train_final
 
         sigmas = np.concatenate([sigmas, [sigma_last]]).astype(np.float32)
         self.sigmas = torch.from_numpy(sigmas)

@@ -13,79 +13,12 @@ the helpers in `utils` serve every family (Flux included).
 - `utils`: component lookups, size and batch checks, latent scaling, default component specs
 """
 
-from .auto import (
-    AutoControlNetDenoiseStep,
-    AutoControlNetInputStep,
-    AutoDecodeStep,
-    AutoDenoiseStep,
-    AutoPrepareLatentsStep,
-    AutoSetTimestepsStep,
-    AutoVaeEncoderStep,
-    standard_workflows,
-)
-from .before_denoise import (
-    ControlNetInputStep,
-    Img2ImgPrepareLatentsStep,
-    Img2ImgSetTimestepsStep,
-    InpaintPrepareLatentsStep,
-    InpaintSetTimestepsStep,
-    InputStep,
-    PrepareLatentsStep,
-    SetTimestepsStep,
-)
-from .decoders import (
-    DecodeStep,
-    InpaintDecodeStep,
-)
-from .denoise import (
-    ControlNetDenoiseStep,
-    ControlNetLoopDenoiser,
-    DenoiseLoopWrapper,
-    DenoiseStep,
-    InpaintControlNetDenoiseStep,
-    InpaintDenoiseStep,
-    InpaintLoopAfterDenoiser,
-    InpaintLoopBeforeDenoiser,
-    LoopAfterDenoiser,
-    LoopBeforeDenoiser,
-    LoopDenoiser,
-    guidance_scale_embedding,
-)
-from .encoders import (
-    InpaintVaeEncoderStep,
-    VaeEncoderStep,
-)
-from .utils import (
-    as_list,
-    check_generators,
-    check_image,
-    check_size,
-    default_size,
-    execution_device,
-    guidance_inputs,
-    guider_for_call,
-    guider_spec,
-    image_processor_spec,
-    latent_stats,
-    mask_processor_spec,
-    optional_component,
-    repeat_to_batch,
-    retrieve_latents,
-    scale_latents,
-    unscale_latents,
-    vae_scale_factor,
-)
+from . import auto, before_denoise, decoders, denoise, encoders, utils
+from .auto import *  # noqa: F403  (each module's __all__)
+from .before_denoise import *  # noqa: F403  (each module's __all__)
+from .decoders import *  # noqa: F403  (each module's __all__)
+from .denoise import *  # noqa: F403  (each module's __all__)
+from .encoders import *  # noqa: F403  (each module's __all__)
+from .utils import *  # noqa: F403  (each module's __all__)
 
-__all__ = [
-    "InpaintVaeEncoderStep", "VaeEncoderStep", "ControlNetInputStep", "Img2ImgPrepareLatentsStep",
-    "Img2ImgSetTimestepsStep", "InpaintPrepareLatentsStep", "InpaintSetTimestepsStep", "InputStep",
-    "PrepareLatentsStep", "SetTimestepsStep", "ControlNetDenoiseStep", "ControlNetLoopDenoiser",
-    "DenoiseLoopWrapper", "DenoiseStep", "InpaintControlNetDenoiseStep", "InpaintDenoiseStep",
-    "InpaintLoopAfterDenoiser", "InpaintLoopBeforeDenoiser", "LoopAfterDenoiser", "LoopBeforeDenoiser",
-    "LoopDenoiser", "guidance_scale_embedding", "DecodeStep", "InpaintDecodeStep", "AutoControlNetDenoiseStep",
-    "AutoControlNetInputStep", "AutoDecodeStep", "AutoDenoiseStep", "AutoPrepareLatentsStep",
-    "AutoSetTimestepsStep", "AutoVaeEncoderStep", "standard_workflows", "as_list", "check_generators",
-    "check_image", "check_size", "default_size", "execution_device", "guidance_inputs", "guider_for_call",
-    "guider_spec", "image_processor_spec", "latent_stats", "mask_processor_spec", "optional_component",
-    "repeat_to_batch", "retrieve_latents", "scale_latents", "unscale_latents", "vae_scale_factor",
-]
+__all__ = [name for module in (auto, before_denoise, decoders, denoise, encoders, utils) for name in module.__all__]

@@ -15,6 +15,7 @@ from ...components.spec import ComponentSpec
 from .utils import (
     image_processor_spec,
     unscale_latents,
+    vae_upcast,
 )
 
 __all__ = [
@@ -50,16 +51,8 @@ class DecodeStep(ModularPipelineBlocks):
             bs.images = latents
         else:
             vae = components.vae
-            dtype = vae.dtype
-            upcast = dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
-            if upcast:
-                vae.to(dtype=torch.float32)
-                latents = latents.float()
-            else:
-                latents = latents.to(dtype)
-            image = vae.decode(unscale_latents(vae, latents), return_dict=False)[0]
-            if upcast:
-                vae.to(dtype=dtype)
+            with vae_upcast(vae):
+                image = vae.decode(unscale_latents(vae, latents.to(vae.dtype)), return_dict=False)[0]
             bs.images = components.image_processor.postprocess(image, output_type=bs.output_type)
         self.set_block_state(state, bs)
         return components, state

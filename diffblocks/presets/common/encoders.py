@@ -26,6 +26,7 @@ from .utils import (
     retrieve_latents,
     scale_latents,
     vae_scale_factor,
+    vae_upcast,
 )
 
 __all__ = [
@@ -71,14 +72,8 @@ class VaeEncoderStep(ModularPipelineBlocks):
             gen = bs.generator
             if isinstance(gen, list) and image.shape[0] < len(gen):
                 image = repeat_to_batch(name, "image", image, len(gen))
-            upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
-            vae_dtype = vae.dtype
-            if upcast:
-                image = image.float()
-                vae.to(dtype=torch.float32)
-            latents = retrieve_latents(vae, image, gen)
-            if upcast:
-                vae.to(dtype=vae_dtype)
+            with vae_upcast(vae) as upcast:
+                latents = retrieve_latents(vae, image.float() if upcast else image, gen)
             bs.image_latents = scale_latents(vae, latents.to(dtype))
         self.set_block_state(state, bs)
         return components, state

@@ -4,6 +4,8 @@ the default component specs.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import PIL.Image
@@ -19,7 +21,7 @@ __all__ = [
     "as_list", "check_generators", "check_image", "check_size", "default_size", "execution_device",
     "guidance_inputs", "guider_for_call", "guider_spec", "image_processor_spec", "latent_stats",
     "mask_processor_spec", "optional_component", "repeat_to_batch", "retrieve_latents", "scale_latents",
-    "unscale_latents", "vae_scale_factor",
+    "unscale_latents", "vae_scale_factor", "vae_upcast",
 ]
 
 # the denoiser first: it decides where latents live; then the VAE and the text encoders
@@ -138,6 +140,21 @@ def scale_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
     if stats is not None:
         return (latents - stats[0]) * vae.config.scaling_factor / stats[1]
     return vae.config.scaling_factor * latents
+
+
+@contextlib.contextmanager
+def vae_upcast(vae: AutoencoderKL) -> Iterator[bool]:
+    """Run the VAE in fp32 for the block when it is fp16 and its config sets `force_upcast` (the fp16 SD/SDXL VAEs
+    overflow); yields whether it did, and restores the dtype after."""
+    dtype = vae.dtype
+    upcast = dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+    if upcast:
+        vae.to(dtype=torch.float32)
+    try:
+        yield upcast
+    finally:
+        if upcast:
+            vae.to(dtype=dtype)
 
 
 def unscale_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
