@@ -325,7 +325,7 @@ class ModularPipelineBlocks:
         new = type(self).__new__(type(self))
         memo[id(self)] = new
         for key, value in self.__dict__.items():
-            if key in ("_io_cache", "loop_step"):
+            if key in ("_io_cache", "loop_step", "_pipeline_component_types"):  # the last: set by a pipeline's view
                 continue
             new.__dict__[key] = copy.deepcopy(value, memo)
         return new

@@ -61,8 +61,17 @@ def _output_lines(params, indent: str) -> list[str]:
     return lines
 
 
-def _component_line(spec, indent: str) -> str:
-    type_name = format_type(spec.type_hint) if spec.type_hint is not None else "Any"
+def component_type_name(block: ModularPipelineBlocks, spec) -> str:
+    """The declared type of a component; in a pipeline's `blocks`, the class it holds where that differs."""
+    declared = format_type(spec.type_hint) if spec.type_hint is not None else "Any"
+    held = block.__dict__.get("_pipeline_component_types", {}).get(spec.name)
+    if held is None or held == declared:
+        return declared
+    return f"{held}, in this pipeline; the blocks declare {declared}"
+
+
+def _component_line(block: ModularPipelineBlocks, spec, indent: str) -> str:
+    type_name = component_type_name(block, spec)
     where = []
     for key in ("pretrained_model_name_or_path", "subfolder", "variant", "revision"):
         value = getattr(spec, key, None)
@@ -97,7 +106,7 @@ def make_doc(block: ModularPipelineBlocks) -> str:
         lines.append("")
     if io.components:
         lines.append("  Components:")
-        lines.extend(_component_line(spec, "      ") for spec in io.components)
+        lines.extend(_component_line(block, spec, "      ") for spec in io.components)
         lines.append("")
     if io.configs:
         lines.append("  Configs:")
@@ -148,8 +157,7 @@ def make_tree(block: ModularPipelineBlocks) -> str:
         lines.append(f"  Trigger inputs: {triggers}")
     io = block._io()
     if io.components:
-        lines.append("  Components: " + ", ".join(
-            f"{c.name} ({format_type(c.type_hint) if c.type_hint is not None else 'Any'})" for c in io.components))
+        lines.append("  Components: " + ", ".join(f"{c.name} ({component_type_name(block, c)})" for c in io.components))
     if io.configs:
         lines.append("  Configs: " + ", ".join(f"{c.name}={format_default(c.default)}" for c in io.configs))
     if block.sub_blocks:

@@ -14,6 +14,7 @@ from ..blocks.trace import Tracer
 from ..blocks.validation import check_inputs
 from ..components.config import FrozenConfig
 from ..components.spec import ComponentSpec
+from .lifecycle import ComponentLifecycleMixin, check_output_names
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def _per_component(value: Any, name: str, component_names: set[str]) -> tuple[bo
     return True, value
 
 
-class ModularPipeline:
+class ModularPipeline(ComponentLifecycleMixin):
     """Runs a block tree. Components are attributes (`pipe.unet`); config values too (`pipe.config.x`).
 
     Built by `blocks.init_pipeline(...)` or `ModularPipeline.from_pretrained(...)`; loads no weights until
@@ -328,7 +329,16 @@ class ModularPipeline:
 
     @property
     def blocks(self) -> ModularPipelineBlocks:
-        return copy.deepcopy(self._blocks)
+        """A copy of the blocks; its repr and doc show the component classes this pipeline holds (e.g. the
+        scheduler actually loaded) where they differ from what the blocks declare."""
+        blocks = copy.deepcopy(self._blocks)
+        held = {name: type(obj).__name__ for name, obj in self._components.items() if obj is not None}
+        for name, spec in self._specs.items():
+            if name not in held and isinstance(spec.type_hint, type):
+                held[name] = spec.type_hint.__name__
+        for block in _iter_blocks(blocks):
+            block.__dict__["_pipeline_component_types"] = held
+        return blocks
 
     @property
     def doc(self) -> str:
@@ -351,9 +361,14 @@ class ModularPipeline:
         config = self.__dict__.get("_config_values", {})
         if name in config:
             return config[name]
+        import difflib
+
+        known = [n for n in dir(type(self)) if not n.startswith("_")] + list(self.__dict__.get("_specs", {}))
+        close = difflib.get_close_matches(name, known + list(config), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
         raise AttributeError(
-            f"{type(self).__name__} has no attribute {name!r}. Components: {list(self.__dict__.get('_specs', {}))}; "
-            f"configs: {list(config)}"
+            f"{type(self).__name__} has no attribute {name!r}.{hint} Components: "
+            f"{list(self.__dict__.get('_specs', {}))}; configs: {list(config)}"
         )
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -387,7 +402,11 @@ class ModularPipeline:
 
         `trace=True` records per-block wall time and peak device memory on `state.trace` (and prints nothing).
         """
-        values = check_inputs(self._blocks, kwargs, where=f"{type(self).__name__}({type(self._blocks).__name__})")
+        where = f"{type(self).__name__}({type(self._blocks).__name__})"
+        values = check_inputs(self._blocks, kwargs, where=where)
+        if output is not None and not isinstance(output, (str, list, tuple)):
+            raise TypeError(f"output must be None, a name or a list of names; got {type(output).__name__}")
+        check_output_names(output, self._output_names(values), where, produced=False)
         state = copy.deepcopy(state) if state is not None else PipelineState()
         table = self._blocks._io().input_table
         for name, value in values.items():
@@ -427,17 +446,20 @@ class ModularPipeline:
             note += f"; that block's components not loaded: {missing} (call pipe.load_components({missing}))"
         exc.add_note(note)
 
-    @staticmethod
-    def _select_output(state: PipelineState, output: Any) -> Any:
+    def _output_names(self, values: dict[str, Any]) -> list[str]:
+        """Every name a call could return: declared inputs and outputs, plus the keys of input groups given."""
+        io = self._blocks._io()
+        names = {p.name for p in io.inputs if p.name} | {o.name for o in io.outputs} | set(values)
+        for value in values.values():
+            if isinstance(value, dict):
+                names.update(k for k in value if isinstance(k, str))
+        return sorted(names)
+
+    def _select_output(self, state: PipelineState, output: Any) -> Any:
         if output is None:
             return state
+        where = f"{type(self).__name__}({type(self._blocks).__name__})"
+        check_output_names(output, list(state.values), where, produced=True)
         if isinstance(output, str):
-            if output not in state.values:
-                raise KeyError(f"output {output!r} was not produced; the state holds {sorted(state.values)}")
             return state.values[output]
-        if isinstance(output, (list, tuple)):
-            missing = [o for o in output if o not in state.values]
-            if missing:
-                raise KeyError(f"outputs {missing} were not produced; the state holds {sorted(state.values)}")
-            return {name: state.values[name] for name in output}
-        raise TypeError(f"output must be None, a name or a list of names; got {type(output).__name__}")
+        return {name: state.values[name] for name in output}
