@@ -9,8 +9,8 @@ import torch
 from toy_components import ToyModel, ToyScaler, save_toy_model
 
 from diffblocks import (
-    ComponentSpec,
     ComponentsManager,
+    ComponentSpec,
     DDIMScheduler,
     EulerDiscreteScheduler,
     InputParam,
