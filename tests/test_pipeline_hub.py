@@ -123,7 +123,7 @@ def test_output_selection_and_trace(repo):
     assert set(pipe(x=x, output=["x", "y"])) == {"x", "y"}
     assert [r.path for r in state.trace.records] == ["SequentialPipelineBlocks", "SequentialPipelineBlocks.apply"]
     assert "apply" in state.trace.format()
-    with pytest.raises(KeyError, match="was not produced"):
+    with pytest.raises(KeyError, match="output .images. is not produced by any block"):
         pipe(x=x, output="images")
 
 
