@@ -259,6 +259,143 @@ def check_parity(ours: SimpleNamespace, ref: SimpleNamespace) -> None:
             raise AssertionError(f"scenario {name!r}: ours {got} != reference {want}")
 
 
+# -- stub-model per-step work: real pipelines, the model replaced by a stub --------------------------------------
+STUB_STEPS = (2, 152)  # per step = (T(152 steps) - T(2 steps)) / 150: text encoding, decode, set-up cancel out
+
+
+def _stub_model(model: Any) -> None:
+    """Replace the model's forward by the same trivial op for every framework (the model is not measured)."""
+
+    def forward(sample, timestep=None, *args, return_dict=True, **kwargs):
+        out = sample * 0.5
+        return (out,) if not return_dict else SimpleNamespace(sample=out)
+
+    model.forward = forward
+
+
+def stub_pipelines(root: Path) -> dict[str, dict[str, Callable[[int], Any]]]:
+    """{scenario: {implementation: fn(steps)}} on the tiny SDXL and SD1.5 test folders, stubbed UNets."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import diffusers
+    import torch
+    from diffusers.guiders import ClassifierFreeGuidance as RefCFG
+    from diffusers.modular_pipelines import StableDiffusionXLAutoBlocks
+    from fixtures_sd import build_sd15, build_sdxl
+
+    from diffblocks import ModularPipeline
+
+    def ours(path: Path) -> Any:
+        pipe = ModularPipeline.from_pretrained(str(path))
+        pipe.load_components()
+        pipe.set_progress_bar_config(disable=True)
+        _stub_model(pipe.unet)
+        return pipe
+
+    def standard(cls: Any, path: Path) -> Any:
+        pipe = cls.from_pretrained(str(path))
+        pipe.set_progress_bar_config(disable=True)
+        _stub_model(pipe.unet)
+        return pipe
+
+    def silence(block: Any) -> None:
+        if callable(getattr(block, "set_progress_bar_config", None)):
+            block.set_progress_bar_config(disable=True)
+        for child in getattr(block, "sub_blocks", {}).values():
+            silence(child)
+
+    sdxl, sd15 = build_sdxl(root), build_sd15(root)
+    ours_xl, std_xl = ours(sdxl), standard(diffusers.StableDiffusionXLPipeline, sdxl)
+    ours_15, std_15 = ours(sd15), standard(diffusers.StableDiffusionPipeline, sd15)
+    std_15.scheduler = diffusers.EulerDiscreteScheduler.from_config(std_15.scheduler.config)
+    from diffblocks.components.schedulers import EulerDiscreteScheduler
+
+    ours_15.update_components(scheduler=EulerDiscreteScheduler.from_config(dict(ours_15.scheduler.config)))
+    xl_parts = {k: v for k, v in std_xl.components.items()
+                if k in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")}
+    out: dict[str, dict[str, Callable[[int], Any]]] = {}
+    common = {"height": 64, "width": 64, "output_type": "latent"}
+    for scale in (5.0, 1.0):
+        modular = StableDiffusionXLAutoBlocks().init_pipeline()
+        modular.update_components(**xl_parts, guider=RefCFG(guidance_scale=scale))
+        silence(modular._blocks)
+        cfg = "CFG on" if scale > 1 else "CFG off"
+
+        def gen() -> Any:
+            return torch.Generator().manual_seed(0)
+
+        out[f"SDXL, {cfg}"] = {
+            "ours": lambda n, s=scale: ours_xl(prompt="a red cat", num_inference_steps=n, guidance_scale=s,
+                                               generator=gen(), output="latents", **common),
+            "standard": lambda n, s=scale: std_xl(prompt="a red cat", num_inference_steps=n, guidance_scale=s,
+                                                  generator=gen(), **common).images,
+            "ref modular": lambda n, m=modular: m(prompt="a red cat", num_inference_steps=n, generator=gen(),
+                                                  output="latents", **common),
+        }
+        out[f"SD1.5, {cfg}"] = {
+            "ours": lambda n, s=scale: ours_15(prompt="a red cat", num_inference_steps=n, guidance_scale=s,
+                                               generator=gen(), output="latents", **common),
+            "standard": lambda n, s=scale: std_15(prompt="a red cat", num_inference_steps=n, guidance_scale=s,
+                                                  generator=gen(), **common).images,
+        }
+    return out
+
+
+def measure_stub(rounds: int) -> list[tuple[str, str, float, float, float, float]]:
+    """Rows (scenario, implementation, per-step us median, ratio to standard median, ratio p25, ratio p75).
+
+    CPU time of this process (`time.process_time`, 1 thread), so time the shared machine gives to other jobs is
+    not counted; implementations interleaved within each round, the ratio taken per round."""
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        scenarios = stub_pipelines(Path(tmp))
+        for name, impls in scenarios.items():
+            results = {impl: np.asarray(fn(STUB_STEPS[0])) for impl, fn in impls.items()}
+            first = next(iter(results.values()))
+            for impl, value in results.items():  # the same latents (stub model): the same work was done
+                if value.shape != first.shape or np.abs(value - first).max() > 1e-4:
+                    raise AssertionError(f"{name}: {impl} latents differ from {next(iter(results))}")
+            per_step: dict[str, list[float]] = {impl: [] for impl in impls}
+            gc.collect()
+            gc.disable()
+            try:
+                for r in range(rounds):
+                    order = list(impls.items())
+                    if r % 2:
+                        order.reverse()
+                    for impl, fn in order:
+                        start = time.process_time()
+                        fn(STUB_STEPS[0])
+                        short = time.process_time() - start
+                        start = time.process_time()
+                        fn(STUB_STEPS[1])
+                        long = time.process_time() - start
+                        per_step[impl].append((long - short) / (STUB_STEPS[1] - STUB_STEPS[0]))
+            finally:
+                gc.enable()
+            base = np.asarray(per_step["standard"])
+            for impl, values in per_step.items():
+                ratios = np.asarray(values) / base
+                rows.append((name, impl, float(np.median(values)) * 1e6, float(np.median(ratios)),
+                             float(np.percentile(ratios, 25)), float(np.percentile(ratios, 75))))
+                print(f"{name:<16} {impl:<12} {rows[-1][2]:7.1f} us/step  vs standard {rows[-1][3]:.3f} "
+                      f"[{rows[-1][4]:.3f}, {rows[-1][5]:.3f}]", flush=True)
+    return rows
+
+
+def format_stub(rows: list[tuple[str, str, float, float, float, float]]) -> str:
+    lines = ["| scenario | implementation | per step (us, CPU time) | / standard (median) | / standard (p25-p75) |",
+             "|---|---|---:|---:|---:|"]
+    for name, impl, us, ratio, lo, hi in rows:
+        lines.append(f"| {name} | {impl} | {us:.1f} | {ratio:.3f} | {lo:.3f}-{hi:.3f} |")
+    return "\n".join(lines)
+
+
 # -- report --------------------------------------------------------------------------------------------------------
 ROWS = [
     ("seq8", "(a) 8 sequential blocks, whole call", 1),
@@ -335,10 +472,10 @@ EXPLANATION = (
 )
 
 
-def update_results(text: str) -> None:
+def update_results(text: str, heading: str = "overhead") -> None:
     existing = RESULTS.read_text() if RESULTS.exists() else ""
-    section = "## overhead\n\n" + text.rstrip() + "\n"
-    pattern = re.compile(r"^## overhead\n.*?(?=^## |\Z)", re.S | re.M)
+    section = f"## {heading}\n\n" + text.rstrip() + "\n"
+    pattern = re.compile(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(existing):
         new = pattern.sub(lambda _: section + "\n", existing, count=1)
     else:
@@ -351,10 +488,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=200, help="timed samples per figure (median taken)")
     parser.add_argument("--quick", action="store_true", help="few samples: checks the script, numbers are noisy")
     parser.add_argument("--update-results", action="store_true", help="rewrite the overhead section of RESULTS.md")
+    parser.add_argument("--stub-rounds", type=int, default=15, help="rounds of the stub-model per-step figure")
+    parser.add_argument("--only", choices=("blocks", "stub"), help="run one part only")
     args = parser.parse_args(argv)
     samples = 10 if args.quick else args.samples
-
     ours_ns, ref_ns = ours_namespace(), reference_namespace()
+    if args.only != "blocks":
+        rows = measure_stub(3 if args.quick else args.stub_rounds)
+        stub_table = format_stub(rows)
+        sys.stdout.write("\n" + stub_table + "\n")
+        if args.update_results:
+            update_results(
+                "`bench/overhead.py` (stub part): work outside the model per denoise step, real pipelines on the tiny "
+                "test folders (64x64, Euler) with the UNet's forward replaced by the same trivial op everywhere: "
+                "ours vs the reference's standard pipelines and its modular SDXL pipeline, CFG on (2 passes) and off. "
+                f"Per step = (T({STUB_STEPS[1]} steps) - T({STUB_STEPS[0]} steps)) / {STUB_STEPS[1] - STUB_STEPS[0]} "
+                "in CPU time of the process (1 torch thread), so time the shared machine gives to other jobs is not "
+                "counted; implementations interleaved within each round (order alternating), the ratio to the "
+                "standard pipeline taken per round; median and p25-p75 over rounds. The latents of all "
+                "implementations are checked equal first. Target: ours <= 1.0x the standard pipeline.\n\n"
+                f"Date {datetime.date.today().isoformat()}; machine: {machine()}; commit {git_commit()}; "
+                f"{3 if args.quick else args.stub_rounds} rounds.\n\n{stub_table}\n",
+                heading="denoise step overhead (stub model)")
+        if args.only == "stub":
+            return
     check_parity(ours_ns, ref_ns)
     ours, ref = measure(ours_ns, ref_ns, samples)
     table = format_table(ours, ref)

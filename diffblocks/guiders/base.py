@@ -46,6 +46,7 @@ import copy
 import logging
 import math
 import numbers
+import operator
 import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -124,13 +125,19 @@ class PassGroup(GuidanceBatch):
         return {k: v for k, v in self.__dict__.items() if k not in ("identifiers", "perturbed", "sizes")}
 
     def split(self, pred: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Model output of this group -> ``{identifier: prediction}``."""
-        if len(self.identifiers) == 1:
-            return {self.identifiers[0]: pred}
-        if pred.shape[0] != sum(self.sizes):
-            raise ValueError(f"group {self.identifiers} expects a prediction with batch {sum(self.sizes)} "
-                             f"(sizes {self.sizes}), got shape {tuple(pred.shape)}.")
-        return dict(zip(self.identifiers, torch.split(pred, self.sizes, dim=0)))
+        """Model output of this group -> ``{identifier: prediction}`` (views along dim 0, no copies)."""
+        identifiers = self.identifiers
+        if len(identifiers) == 1:
+            return {identifiers[0]: pred}
+        sizes = self.sizes
+        if pred.shape[0] != sum(sizes):
+            raise ValueError(f"group {identifiers} expects a prediction with batch {sum(sizes)} "
+                             f"(sizes {sizes}), got shape {tuple(pred.shape)}.")
+        out, start = {}, 0
+        for identifier, size in zip(identifiers, sizes):
+            out[identifier] = pred[start:start + size]
+            start += size
+        return out
 
 
 def rescale_noise_cfg(noise_cfg: torch.Tensor, noise_pred_text: torch.Tensor, guidance_rescale: float = 0.0
@@ -144,6 +151,8 @@ def rescale_noise_cfg(noise_cfg: torch.Tensor, noise_pred_text: torch.Tensor, gu
 
 
 def _select(value: Any, index: int) -> Any:
+    if isinstance(value, torch.Tensor) or value is None:
+        return value
     if isinstance(value, tuple):
         if index >= len(value):
             raise ValueError(f"guider needs input {index} of a (cond, uncond, ...) tuple of length {len(value)}.")
@@ -153,12 +162,31 @@ def _select(value: Any, index: int) -> Any:
     return value
 
 
-def _concat(values: list[Any]) -> Any:
+_VERSION = operator.attrgetter("_version")
+
+
+def _concat(values: list[Any], cache: dict | None = None, key: Any = None) -> Any:
+    """The per-pass values of one field along dim 0. With a `cache`, a concatenation of the very same tensors
+    (same objects, unmodified: same version counters) as last time is reused, so inputs that do not change
+    across steps (prompt embeddings, added conditioning, masks) are concatenated once per loop, not per step."""
     first = values[0]
     if isinstance(first, torch.Tensor):
-        return torch.cat(values, dim=0) if len(values) > 1 else first
+        if len(values) == 1:
+            return first
+        if cache is None:
+            return torch.cat(values, dim=0)
+        try:
+            stamp = (*map(id, values), *map(_VERSION, values))
+        except RuntimeError:  # inference-mode tensors keep no version counter: no way to see edits, no reuse
+            return torch.cat(values, dim=0)
+        entry = cache.get(key)
+        if entry is not None and entry[0] == stamp:
+            return entry[2]
+        result = torch.cat(values, dim=0)
+        cache[key] = (stamp, values, result)  # holding the sources keeps their ids from being reused
+        return result
     if isinstance(first, Mapping):
-        return {k: _concat([v[k] for v in values]) for k in first}
+        return {k: _concat([v[k] for v in values], cache, (key, k)) for k in first}
     return first
 
 
@@ -193,6 +221,9 @@ class BaseGuidance(ConfigMixin):
         self._timestep: Any = None
         self._count_prepared = 0
         self._plan_cache: list[_Pass] | None = None
+        # prepare_passes: grouping per distinct plan, and concatenations of unchanged inputs (see `_concat`)
+        self._group_cache: dict[tuple, list[list[_Pass]]] = {}
+        self._concat_cache: dict[Any, Any] = {}
         self._installed: PerturbationHandle | None = None
         # model -> resolved perturbation configs (default layers picked once per model)
         self._resolved: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -329,29 +360,57 @@ class BaseGuidance(ConfigMixin):
             batches.append(GuidanceBatch(**values))
         return batches
 
+    def _groups(self, passes: list[_Pass], batched: bool) -> list[tuple[tuple[int, ...], tuple[str, ...], bool]]:
+        """How the passes of a plan are grouped into model calls: built once per distinct plan, then reused."""
+        key = (tuple(passes), batched)
+        groups = self._group_cache.get(key)
+        if groups is None:
+            plain = [p for p in passes if not p.perturbed]
+            # standard pipelines batch torch.cat([uncond, cond])
+            plain.sort(key=lambda p: -p.tuple_index)
+            grouped = [plain] if (batched and plain) else [[p] for p in plain]
+            grouped += [[p] for p in passes if p.perturbed]
+            groups = [(tuple(p.tuple_index for p in g), tuple(p.identifier for p in g), g[0].perturbed)
+                      for g in grouped]
+            self._group_cache[key] = groups
+        return groups
+
     def prepare_passes(self, fields: Mapping[str, Any], batched: bool = True) -> list[PassGroup]:
-        """The passes of this step grouped into model calls (see the module docstring)."""
+        """The passes of this step grouped into model calls (see the module docstring).
+
+        The grouping is built once per distinct plan; concatenations of inputs that did not change since the
+        previous step (the same tensors, unmodified) are reused, so only the changing ones (latents) are
+        concatenated per step.
+        """
         self._on_prepare()
-        passes = self._passes()
-        plain = [p for p in passes if not p.perturbed]
-        # standard pipelines batch torch.cat([uncond, cond])
-        plain.sort(key=lambda p: -p.tuple_index)
-        groups = [plain] if (batched and plain) else [[p] for p in plain]
-        groups += [[p] for p in passes if p.perturbed]
+        cache = self._concat_cache
         out = []
-        for group in groups:
+        for indices, ids, perturbed in self._groups(self._passes(), batched):
             values: dict[str, Any] = {}
             sizes: list[int] = []
-            for key, value in fields.items():
-                per_pass = [_select(value, p.tuple_index) for p in group]
-                values[key] = _concat(per_pass)
+            if len(indices) == 1:  # one pass: pick the values, nothing to concatenate
+                index = indices[0]
+                for key, value in fields.items():
+                    value = values[key] = _select(value, index)
+                    if not sizes:
+                        size = _batch_size(value)
+                        if size is not None:
+                            sizes = [size]
+            else:
+                for key, value in fields.items():
+                    if isinstance(value, torch.Tensor):
+                        per_pass = [value] * len(indices)
+                    else:
+                        per_pass = [_select(value, index) for index in indices]
+                    values[key] = _concat(per_pass, cache, (ids, key))
+                    if not sizes:
+                        found = [_batch_size(v) for v in per_pass]
+                        if all(s is not None for s in found):
+                            sizes = found
                 if not sizes:
-                    found = [_batch_size(v) for v in per_pass]
-                    if all(s is not None for s in found):
-                        sizes = found
-            if len(group) > 1 and not sizes:
-                raise ValueError("prepare_passes(batched=True) needs at least one tensor field to know the batch size.")
-            out.append(PassGroup([p.identifier for p in group], group[0].perturbed, sizes or [0], **values))
+                    raise ValueError("prepare_passes(batched=True) needs at least one tensor field to know the batch "
+                                     "size.")
+            out.append(PassGroup(list(ids), perturbed, sizes or [0], **values))
         return out
 
     # -- models ---------------------------------------------------------------------------------
@@ -403,8 +462,9 @@ class BaseGuidance(ConfigMixin):
 
     def combine(self, preds: Mapping[str, torch.Tensor]) -> GuiderOutput:
         """``{identifier: prediction}`` (e.g. merged `PassGroup.split` results) -> `GuiderOutput`."""
-        expected = {p.identifier for p in self._passes()}
-        if set(preds) != expected:
+        passes = self._passes()
+        if len(preds) != len(passes) or any(p.identifier not in preds for p in passes):
+            expected = {p.identifier for p in passes}
             raise ValueError(f"{type(self).__name__}: expected predictions {sorted(expected)} this step, "
                              f"got {sorted(preds)}.")
         return self.forward(**preds)
@@ -422,12 +482,13 @@ class BaseGuidance(ConfigMixin):
         other = type(self).__new__(type(self))
         other.__dict__.update(self.__dict__)
         other._installed = None
+        other._concat_cache = {}  # tensors of another call stay with it
         return other
 
     def __deepcopy__(self, memo: dict) -> BaseGuidance:
         other = self.__copy__()
         other._resolved = weakref.WeakKeyDictionary()
         for k, v in self.__dict__.items():
-            if k not in ("_resolved", "_installed"):
+            if k not in ("_resolved", "_installed", "_concat_cache"):
                 other.__dict__[k] = copy.deepcopy(v, memo)
         return other

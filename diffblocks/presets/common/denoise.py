@@ -124,18 +124,29 @@ class LoopDenoiser(ModularPipelineBlocks):
                                cross_attention_kwargs=block_state.cross_attention_kwargs,
                                return_dict=False, **kwargs)[0]
 
+    def _loop_constants(self, components, block_state) -> tuple[Any, int]:
+        """The guider and the evaluation count, resolved on the first step of a loop."""
+        constants = block_state.__dict__.get("_denoiser_constants")
+        if constants is None:
+            guider = block_state["guider"] or components.guider
+            # the guider's start/stop windows count model evaluations: len(timesteps) (PNDM/Heun: more than steps)
+            timesteps = block_state["timesteps"]
+            n = len(timesteps) if timesteps is not None else block_state.num_inference_steps
+            constants = block_state.__dict__["_denoiser_constants"] = (guider, n)
+        return constants
+
     def __call__(self, components, block_state, i: int, t: torch.Tensor):
-        guider = block_state["guider"] or components.guider
-        # the guider's start/stop windows count model evaluations: len(timesteps) (PNDM/Heun have more than steps)
-        timesteps = block_state["timesteps"]
-        n = len(timesteps) if timesteps is not None else block_state.num_inference_steps
+        guider, n = self._loop_constants(components, block_state)
         guider.set_state(step=i, num_inference_steps=n, timestep=t)
         fields = {"sample": block_state.scaled_latents, **self.static_fields(block_state)}
         preds: dict[str, torch.Tensor] = {}
         unet = components.unet
         for group in guider.prepare_passes(fields, batched=True):
             sample, kwargs = self.unet_kwargs(group)
-            with guider.perturbation(unet, group):
+            if group.perturbed:
+                with guider.perturbation(unet, group):
+                    out = self.predict(components, block_state, group, t, sample, kwargs)
+            else:
                 out = self.predict(components, block_state, group, t, sample, kwargs)
             preds.update(group.split(out))
         block_state.noise_pred = guider.combine(preds).pred
@@ -184,11 +195,15 @@ class ControlNetLoopDenoiser(LoopDenoiser):
         else:
             c_sample, c_kwargs = sample, kwargs
         down, mid = None, None
+        repeated = block_state.__dict__.setdefault("_repeated_cond", {})  # per call: built on the first step
         for net, cond, scale, k in zip(nets, conds, scales, keeps):
             image = cond
             reps = c_sample.shape[0] // image.shape[0]
             if reps > 1:
-                image = torch.cat([image] * reps)
+                entry = repeated.get((id(cond), reps))
+                if entry is None or entry[0] is not cond:
+                    entry = repeated[(id(cond), reps)] = (cond, torch.cat([cond] * reps))
+                image = entry[1]
             # a 9-channel inpainting UNet's input carries mask + masked-image latents after the latents;
             # the ControlNet sees the latents only (as the standard pipelines do)
             net_sample = c_sample[:, :net.config.in_channels] if c_sample.shape[1] > net.config.in_channels \

@@ -1,0 +1,93 @@
+"""Per-step work of the denoise loop: unchanging guided inputs are concatenated once per loop, not per step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffblocks import ClassifierFreeGuidance, ModularPipeline, PerturbedAttentionGuidance
+
+
+def _fields(latents, cond, uncond, extra=None):
+    fields = {"sample": latents, "encoder_hidden_states": (cond, uncond)}
+    if extra is not None:
+        fields["added"] = {"time_ids": extra}
+    return fields
+
+
+def test_static_inputs_are_concatenated_once_and_edits_are_seen():
+    guider = ClassifierFreeGuidance(guidance_scale=5.0)
+    cond, uncond, time_ids = torch.randn(1, 3, 4), torch.randn(1, 3, 4), (torch.ones(1, 2), torch.zeros(1, 2))
+    seen = []
+    for step in range(3):
+        guider.set_state(step=step, num_inference_steps=3, timestep=torch.tensor(10 - step))
+        latents = torch.randn(1, 4)
+        (group,) = guider.prepare_passes(_fields(latents, cond, uncond, time_ids), batched=True)
+        assert group.identifiers == ["pred_uncond", "pred_cond"] and group.sizes == [1, 1]
+        assert torch.equal(group.sample, torch.cat([latents, latents]))  # changes every step: rebuilt
+        assert torch.equal(group.encoder_hidden_states, torch.cat([uncond, cond]))
+        assert torch.equal(group.added["time_ids"], torch.cat([time_ids[1], time_ids[0]]))
+        seen.append(group)
+    assert seen[1].encoder_hidden_states is seen[0].encoder_hidden_states is seen[2].encoder_hidden_states
+    assert seen[1].added["time_ids"] is seen[0].added["time_ids"]
+    assert seen[1].sample is not seen[0].sample
+    # an in-place edit of a source (a callback changing prompt embeds) is seen: version counters
+    cond.mul_(2)
+    (group,) = guider.prepare_passes(_fields(torch.randn(1, 4), cond, uncond), batched=True)
+    assert group.encoder_hidden_states is not seen[0].encoder_hidden_states
+    assert torch.equal(group.encoder_hidden_states, torch.cat([uncond, cond]))
+    # a new tensor object (a callback returning new embeds) too
+    new_cond = cond.clone()
+    (group2,) = guider.prepare_passes(_fields(torch.randn(1, 4), new_cond, uncond), batched=True)
+    assert group2.encoder_hidden_states is not group.encoder_hidden_states
+    # inference-mode tensors have no version counter: concatenated every time, still correct
+    with torch.inference_mode():
+        a, b = torch.ones(1, 3, 4), torch.zeros(1, 3, 4)
+        (g1,) = guider.prepare_passes(_fields(torch.randn(1, 4), a, b), batched=True)
+        (g2,) = guider.prepare_passes(_fields(torch.randn(1, 4), a, b), batched=True)
+    assert g1.encoder_hidden_states is not g2.encoder_hidden_states
+    assert torch.equal(g2.encoder_hidden_states, torch.cat([b, a]))
+
+
+def test_split_gives_views_and_plan_grouping_is_reused():
+    guider = PerturbedAttentionGuidance(guidance_scale=5.0, perturbed_guidance_scale=2.0, perturbed_guidance_start=0.0,
+                                        perturbed_guidance_stop=1.0)
+    guider.set_state(step=1, num_inference_steps=4, timestep=torch.tensor(1))
+    cond, uncond = torch.randn(2, 3), torch.randn(2, 3)
+    groups = guider.prepare_passes(_fields(torch.randn(2, 4), cond, uncond), batched=True)
+    assert [g.identifiers for g in groups] == [["pred_uncond", "pred_cond"], ["pred_cond_skip"]]
+    assert [g.perturbed for g in groups] == [False, True]
+    pred = torch.arange(4.0).reshape(4, 1)
+    parts = groups[0].split(pred)
+    assert torch.equal(parts["pred_uncond"], pred[:2]) and torch.equal(parts["pred_cond"], pred[2:])
+    assert parts["pred_cond"].data_ptr() == pred.data_ptr() + 2 * pred.element_size()  # a view, no copy
+    cached = dict(guider._group_cache)
+    guider.set_state(step=2, num_inference_steps=4, timestep=torch.tensor(1))
+    guider.prepare_passes(_fields(torch.randn(2, 4), cond, uncond), batched=True)
+    assert guider._group_cache == cached  # same plan: the grouping was not rebuilt
+    with pytest.raises(ValueError, match=r"expects a prediction with batch 4"):
+        groups[0].split(torch.zeros(3, 1))
+
+
+def test_pipeline_feeds_one_concatenation_of_prompt_embeds_to_every_step(tmp_path):
+    from fixtures_sd import build_sdxl
+
+    pipe = ModularPipeline.from_pretrained(str(build_sdxl(tmp_path)))
+    pipe.load_components()
+    pipe.set_progress_bar_config(disable=True)
+    seen = []
+
+    def hook(module, args, kwargs):
+        seen.append((kwargs["encoder_hidden_states"], kwargs["added_cond_kwargs"]["text_embeds"],
+                     kwargs["added_cond_kwargs"]["time_ids"], args[0]))
+
+    handle = pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        pipe(prompt="a red cat", num_inference_steps=3, height=32, width=32, guidance_scale=5.0,
+             generator=torch.Generator().manual_seed(0), output="latents")
+    finally:
+        handle.remove()
+    assert len(seen) == 3 and seen[0][0].shape[0] == 2
+    for field in range(3):  # prompt embeds, pooled embeds, time ids: the same tensor at every step
+        assert all(step[field] is seen[0][field] for step in seen), field
+    assert seen[1][3] is not seen[0][3]  # the latents are new each step
