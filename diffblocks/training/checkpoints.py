@@ -1,0 +1,97 @@
+"""`checkpoint-N/` folders: accelerate's full state (models, optimizer, LR schedule, RNG) plus the trainable
+weights in their usable form, the EMA, this run's noise generators and the step reached."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import TrainingConfigError
+from .lora import save_lora_weights
+
+__all__ = ["find_checkpoint", "list_checkpoints", "load_checkpoint", "save_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """checkpoint-N folders of `output_dir`, oldest (smallest N) first."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def find_checkpoint(output_dir: str | Path, spec: str) -> Path | None:
+    """`latest` -> the newest checkpoint (None when there is none); otherwise a folder (or a name inside output_dir)."""
+    if spec == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(spec)
+    if not path.is_dir() and (Path(output_dir) / spec).is_dir():
+        path = Path(output_dir) / spec
+    if not (path / "training_state.json").is_file():
+        raise TrainingConfigError(f"--resume_from_checkpoint={spec!r}: not a checkpoint folder (no "
+                                  f"training_state.json); pass 'latest' or a checkpoint-N folder of a previous run.")
+    return path
+
+
+def _generator_file(path: Path, process_index: int) -> Path:
+    return path / f"generator_{process_index}.safetensors"
+
+
+def save_checkpoint(path: Path, accelerator, trainer: Any, global_step: int) -> None:
+    from safetensors.torch import save_file
+
+    cfg = trainer.config
+    if accelerator.is_main_process and cfg.checkpoints_total_limit is not None:
+        existing = list_checkpoints(path.parent)
+        excess = len(existing) - cfg.checkpoints_total_limit + 1
+        for old in existing[:max(excess, 0)]:
+            logger.info("Removing %s (--checkpoints_total_limit %d)", old, cfg.checkpoints_total_limit)
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(path))
+    save_file({"state": trainer.generator.get_state()}, str(_generator_file(path, accelerator.process_index)))
+    if accelerator.is_main_process:
+        m = trainer.models
+        if cfg.lora:
+            models = {"unet": m.unet, **({"text_encoder": m.text_encoder} if cfg.train_text_encoder else {})}
+            save_lora_weights(path, models)
+        else:
+            m.unet.save_pretrained(str(path / "unet"))
+            if cfg.train_text_encoder:
+                m.text_encoder.save_pretrained(str(path / "text_encoder"))
+        if trainer.ema is not None:
+            save_file(trainer.ema.state_dict(), str(path / "ema.safetensors"))
+        (path / "training_state.json").write_text(json.dumps({"global_step": global_step}) + "\n")
+        logger.info("Saved %s", path)
+    accelerator.wait_for_everyone()
+
+
+def load_checkpoint(path: Path, accelerator, trainer: Any) -> int:
+    """Restore everything `save_checkpoint` wrote; returns the optimizer step to continue from."""
+    from safetensors.torch import load_file
+
+    accelerator.load_state(str(path))
+    gen_file = _generator_file(path, accelerator.process_index)
+    if not gen_file.is_file():
+        raise TrainingConfigError(f"--resume_from_checkpoint {path}: no {gen_file.name}; the checkpoint was written "
+                                  f"by a run with fewer processes than this one ({accelerator.num_processes}).")
+    trainer.generator.set_state(load_file(str(gen_file))["state"].to(torch.uint8))
+    if trainer.ema is not None:
+        ema_file = path / "ema.safetensors"
+        if not ema_file.is_file():
+            raise TrainingConfigError(f"--resume_from_checkpoint {path}: --use_ema is set but the checkpoint has no "
+                                      "ema.safetensors (it was trained without --use_ema).")
+        trainer.ema.load_state_dict(load_file(str(ema_file)))
+    return int(json.loads((path / "training_state.json").read_text())["global_step"])
