@@ -14,12 +14,15 @@ HELPS = {"text2image": "fine-tune on captioned images (--train_data_dir or --dat
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..training import TrainingConfigError, TrainingDataError, train
-    from ..training.config import config_from_args
+    from ..training.config import TrainingConfigError, TrainingDataError, config_from_args
 
     logging.getLogger("diffblocks").setLevel(logging.INFO)
+    config = config_from_args(args)
     try:
-        result = train(config_from_args(args))
+        config.validate()  # option errors before torch and the models load
+        from ..training.trainer import train
+
+        result = train(config)
     except (TrainingConfigError, TrainingDataError) as exc:
         raise SystemExit(f"diffblocks train {args.workflow}: {exc}") from None
     print(f"Trained {result.global_step} steps; outputs in {result.output_dir}")

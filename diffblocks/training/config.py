@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["WORKFLOWS", "TrainingConfig", "TrainingConfigError", "build_parser", "config_from_args"]
+__all__ = ["WORKFLOWS", "TrainingConfig", "TrainingConfigError", "TrainingDataError", "build_parser", "config_from_args"]
 
 WORKFLOWS = ("text2image", "dreambooth")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
@@ -19,6 +19,10 @@ LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine
 
 class TrainingConfigError(ValueError):
     """Options that cannot work together (raised before any model is loaded)."""
+
+
+class TrainingDataError(ValueError):
+    """A training data folder or dataset that cannot be trained on (raised before any training step)."""
 
 
 def _opt(default: Any, help: str, **argparse_kwargs: Any) -> Any:

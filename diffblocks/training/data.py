@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .config import TrainingDataError
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "Example",
@@ -33,10 +35,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-
-
-class TrainingDataError(ValueError):
-    """A training data folder or dataset that cannot be trained on (raised before any training step)."""
 
 
 @dataclass
