@@ -47,8 +47,11 @@ def save_lora_weights(directory: str | Path, models: dict[str, torch.nn.Module],
     tensors: dict[str, torch.Tensor] = {}
     metadata: dict[str, object] = {}
     for prefix, model in models.items():
+        # recent transformers flatten CLIPTextModel; files keep the classic `text_model.` path every loader reads
+        inner = "text_model." if type(model).__name__.startswith("CLIPTextModel") and \
+            not hasattr(model, "text_model") else ""
         for key, value in lora_state_dict(model).items():
-            tensors[f"{prefix}.{key}"] = value.detach().cpu().contiguous()
+            tensors[f"{prefix}.{inner}{key}"] = value.detach().cpu().contiguous()
         config = getattr(model, "_diffblocks_lora_config", None)
         if config is not None:
             for key, value in config.to_dict().items():

@@ -1,0 +1,126 @@
+"""LoRA files the reference loads, and DreamBooth with prior preservation (class images from our pipeline)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from fixtures_sd import test_image
+from safetensors import safe_open
+from training_fixtures import base_model, captioned_folder, fast_config, max_diff, unet_weights
+
+from diffblocks import ModularPipeline
+from diffblocks.blocks import InputParam, ModularPipelineBlocks, SequentialPipelineBlocks
+from diffblocks.training import DREAMBOOTH_TRAIN_BLOCKS, train
+
+diffusers = pytest.importorskip("diffusers")
+
+KW = dict(prompt="a pattern", num_inference_steps=3, height=16, width=16)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return base_model(tmp_path_factory)
+
+
+def _ours(folder) -> ModularPipeline:
+    pipe = ModularPipeline.from_pretrained(str(folder))
+    pipe.load_components()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _with_lora_via_peft(pipe, path):
+    """Our pipeline with the LoRA file applied by peft from its own metadata (what an adapter loader does)."""
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["lora_adapter_metadata"])
+    for prefix in ("unet", "text_encoder"):
+        config = {k[len(prefix) + 1:]: v for k, v in meta.items() if k.startswith(prefix + ".")}
+        state = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+        model = getattr(pipe, prefix)
+        if not hasattr(model, "text_model"):  # flattened CLIPTextModel (transformers 5)
+            state = {k.removeprefix("text_model."): v for k, v in state.items()}
+        fields = {k: v for k, v in config.items() if k in ("r", "lora_alpha", "target_modules", "lora_dropout")}
+        inject_adapter_in_model(LoraConfig(**fields), model)
+        result = set_peft_model_state_dict(model, state)
+        assert not result.unexpected_keys, result.unexpected_keys
+
+
+def test_lora_file_loads_in_the_reference_and_matches_ours(base, tmp_path):
+    data = captioned_folder(tmp_path / "data", n=2)
+    out = tmp_path / "lora"
+    result = train(fast_config(base, data, out, lora=True, rank=4, lora_alpha=8, train_text_encoder=True,
+                               learning_rate=2e-2, max_train_steps=3))
+    assert result.global_step == 3
+    path = out / "pytorch_lora_weights.safetensors"
+    with safe_open(str(path), "pt") as f:
+        keys = list(f.keys())
+    assert "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight" in keys
+    assert "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_B.weight" in keys
+    assert {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in keys if k.startswith("unet.")} >= {"to_q", "to_k", "to_v"}
+    assert not (out / "unet").exists()  # LoRA runs write adapters, not a model folder
+
+    ref = diffusers.StableDiffusionPipeline.from_pretrained(str(base))
+    ref.set_progress_bar_config(disable=True)
+    ref_base = ref(**KW, generator=torch.Generator().manual_seed(0), output_type="np").images
+    ref.load_lora_weights(str(out))
+    expected = ref(**KW, generator=torch.Generator().manual_seed(0), output_type="np").images
+    ours = _ours(base)
+    _with_lora_via_peft(ours, path)
+    got = ours(**KW, generator=torch.Generator().manual_seed(0), output_type="np", output="images")
+    assert np.abs(np.asarray(got) - expected).max() <= 1e-4
+    assert np.abs(expected - ref_base).max() > 1e-4  # the adapters change the image
+
+
+def _recording(record: list) -> SequentialPipelineBlocks:
+    class Record(ModularPipelineBlocks):
+        inputs = property(lambda self: [InputParam("loss"), InputParam("prior_loss"), InputParam("optimizer_stepped")])
+
+        def __call__(self, components, state):
+            bs = self.get_block_state(state)
+            record.append((bs.loss.item(), None if bs.prior_loss is None else bs.prior_loss.item()))
+            return components, state
+
+    blocks = SequentialPipelineBlocks.from_blocks_dict(DREAMBOOTH_TRAIN_BLOCKS)
+    blocks.sub_blocks.insert("record", Record(), len(blocks.sub_blocks))
+    return blocks
+
+
+def test_dreambooth_prior_preservation(base, tmp_path):
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    for i in range(2):
+        test_image(24, seed=10 + i).save(instance / f"dog{i}.png")
+    classes = tmp_path / "class"
+    classes.mkdir()
+    test_image(16, seed=20).save(classes / "have.png")
+    opts = dict(workflow="dreambooth", train_data_dir=None, instance_data_dir=str(instance),
+                instance_prompt="a photo of sks dog", with_prior_preservation=True, class_data_dir=str(classes),
+                class_prompt="a photo of dog", num_class_images=3, sample_batch_size=2, class_generation_steps=2,
+                max_train_steps=1)
+    runs = {}
+    for weight in (0.0, 1.0):
+        record: list = []
+        train(fast_config(base, None, tmp_path / f"db{weight}", prior_loss_weight=weight, **opts),
+              blocks=_recording(record))
+        runs[weight] = record[0]
+    generated = sorted(p.name for p in classes.iterdir())
+    assert generated == ["class-00001.png", "class-00002.png", "have.png"]  # 2 missing images made, once
+    # they are our pipeline's images of the class prompt (seeds seed + index)
+    pipe = _ours(base)
+    image = pipe(prompt=["a photo of dog"], num_inference_steps=2, height=16, width=16,
+                 generator=[torch.Generator().manual_seed(1)], output="images")[0]
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(classes / "class-00001.png")), np.asarray(image))
+    (loss0, prior0), (loss1, prior1) = runs[0.0], runs[1.0]
+    assert prior0 is not None and prior0 == pytest.approx(prior1, rel=1e-6)
+    assert loss1 == pytest.approx(loss0 + prior1, rel=1e-5)  # loss = instance loss + weight * prior loss
+    assert (tmp_path / "db1.0" / "unet").is_dir()
+    assert max_diff(unet_weights(tmp_path / "db1.0"), unet_weights(base)) > 0
