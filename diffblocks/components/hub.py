@@ -102,14 +102,15 @@ def list_files(path_or_repo_id: str | os.PathLike, subfolder: str | None = None,
 
 def upload_folder(folder: str | os.PathLike, repo_id: str, *, commit_message: str = "Upload with diffblocks",
                   private: bool | None = None, token: str | None = None, create_pr: bool = False,
-                  path_in_repo: str | None = None) -> str:
-    """Create `repo_id` if needed and upload `folder` to it; returns the commit URL."""
+                  path_in_repo: str | None = None, ignore_patterns: list[str] | None = None) -> str:
+    """Create `repo_id` if needed and upload `folder` to it (minus `ignore_patterns`); returns the commit URL."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
+    extra = {"ignore_patterns": ignore_patterns} if ignore_patterns else {}
     info = api.upload_folder(
         folder_path=str(folder), repo_id=repo_id, path_in_repo=path_in_repo,
-        commit_message=commit_message, create_pr=create_pr,
+        commit_message=commit_message, create_pr=create_pr, **extra,
     )
     return str(info)

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..components.hub import is_local
+from ..components.hub import check_local_tree, is_local
 from .config import TrainingConfig, TrainingConfigError
 
 __all__ = ["TrainingModels", "load_training_models", "resolve_model_folder", "write_model_folder"]
@@ -72,6 +72,8 @@ def load_training_models(config: TrainingConfig, device: torch.device | str = "c
     kw = {"variant": config.variant}
     unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet", **kw)
     vae = AutoencoderKL.from_pretrained(str(folder), subfolder="vae", **kw)
+    for name in ("text_encoder", "tokenizer"):  # transformers reads these folders itself: keep them inside
+        check_local_tree(str(folder), name)
     text_encoder = None
     if "text_encoder" in present:
         text_encoder = CLIPTextModel.from_pretrained(str(folder), subfolder="text_encoder", **kw)

@@ -335,7 +335,7 @@ class Trainer:
                 from ..components.hub import upload_folder
 
                 upload_folder(out, cfg.hub_model_id or out.name, token=cfg.hub_token,
-                              ignore_patterns=["checkpoint-*", "logs/*"])
+                              ignore_patterns=["checkpoint-*", "logs/*", "validation/*"])
         acc.wait_for_everyone()
 
 
