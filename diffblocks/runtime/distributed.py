@@ -298,8 +298,8 @@ def _load_pipeline(model: Any, device: Any, dtype: Any) -> Any:
     if dtype is None:
         dtype = torch.float16 if torch.device(device).type == "cuda" else torch.float32
     pipe = ModularPipeline.from_pretrained(str(model))
-    pipe.load_components(torch_dtype=dtype)
-    return pipe.to(device)
+    pipe.load_components(torch_dtype=dtype, device=device)  # straight from the mapped files onto the device
+    return pipe
 
 
 def generate_batch(
