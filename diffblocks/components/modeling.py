@@ -266,6 +266,18 @@ class ModelMixin(nn.Module, ConfigMixin):
         model.eval()
         return model
 
+    @classmethod
+    def from_single_file(cls, path: str | os.PathLike, config: Any = None, torch_dtype: torch.dtype | None = None,
+                         **config_overrides: Any):
+        """Load from an original-layout (LDM / BFL) single `.safetensors` file; see `components.single_file`.
+
+        `config`: a dict, a model folder, or a diffusers-format pipeline folder / repo; by default the standard
+        config of the family detected from the file's keys (shipped with the package).
+        """
+        from .single_file import model_from_single_file
+
+        return model_from_single_file(cls, path, config=config, torch_dtype=torch_dtype, **config_overrides)
+
     # -- saving -------------------------------------------------------------------------------
     def save_pretrained(
         self,

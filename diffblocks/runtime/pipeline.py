@@ -121,6 +121,28 @@ class ModularPipeline(ComponentLifecycleMixin):
         pipe._load_defaults = {k: v for k, v in load_defaults.items() if v is not None}
         return pipe
 
+    @classmethod
+    def from_single_file(
+        cls,
+        path: str | os.PathLike,
+        config: str | os.PathLike | None = None,
+        torch_dtype: Any = None,
+        components_manager: Any = None,
+        collection: str | None = None,
+        **kwargs: Any,
+    ) -> ModularPipeline:
+        """A loaded pipeline from one original-layout (LDM / BFL) `.safetensors` checkpoint.
+
+        The family (SD 1.x/2.x, SDXL base/refiner, inpainting, Flux) is detected from the file's keys and picks the
+        preset; components the file lacks come from `config=` (a diffusers-format folder or repo) or are left for
+        `update_components` with a warning naming them. kwargs: `prediction_type`, `upcast_attention`, or
+        component objects (`controlnet=...`, `scheduler=...`). See docs/loading.md.
+        """
+        from .single_file import pipeline_from_single_file
+
+        return pipeline_from_single_file(cls, path, config=config, torch_dtype=torch_dtype,
+                                         components_manager=components_manager, collection=collection, **kwargs)
+
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False,
                         repo_id: str | None = None, **kwargs: Any) -> None:
         from .serialization import save_pipeline

@@ -1,0 +1,103 @@
+"""Lazy access to one `.safetensors` checkpoint file: header first, then tensor by tensor (or row range).
+
+The `safetensors` library validates the header (size, dtypes, offsets covering the data section exactly) when
+the file is opened, so a truncated or corrupt file is refused before any tensor is read. Tensors are read
+through its memory map one at a time; the map is reopened every `_WINDOW_BYTES` of data read so the pages
+already converted leave the process, and a conversion never holds two full copies of the weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from ..modeling import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SingleFile"]
+
+_WINDOW_BYTES = 256 * 2**20
+_PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+class SingleFile:
+    """An open single-file checkpoint: `keys`, `shape(key)`, `read(key, rows=None)`, `metadata`.
+
+    Use as a context manager (or call `close`). `read` returns a fresh CPU tensor (optionally only the rows
+    `rows=(start, stop)` of the first dimension), never a view of the file.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path).expanduser()
+        if not self.path.is_file():
+            raise FileNotFoundError(f"checkpoint file {str(self.path)!r} does not exist.")
+        if self.path.suffix.lower() in _PICKLE_SUFFIXES:
+            raise CheckpointError(
+                f"{self.path} is a pickled checkpoint ({self.path.suffix}); only .safetensors single files are read "
+                "(unpickling can run code). Convert it to safetensors with a tool you trust first."
+            )
+        self._handle = self._open()
+        self.keys: list[str] = list(self._handle.keys())
+        self._key_set = set(self.keys)
+        self.metadata: dict[str, str] = dict(self._handle.metadata() or {})
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        self._read_since_open = 0
+
+    def _open(self):
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            return safe_open(str(self.path), framework="pt", device="cpu")
+        except SafetensorError as exc:
+            size = self.path.stat().st_size
+            raise CheckpointError(
+                f"{self.path} is not a complete safetensors file ({size} bytes; truncated, corrupt or another "
+                f"format): {exc}. Download or save it again."
+            ) from None
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._key_set
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        if key not in self._shapes:
+            self._shapes[key] = tuple(self._handle.get_slice(key).get_shape())
+        return self._shapes[key]
+
+    def read(self, key: str, rows: tuple[int, int] | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The tensor `key` (rows `start:stop` of its first dimension when `rows`), cast to `dtype` if floating."""
+        if key not in self:
+            raise CheckpointError(f"{self.path} has no tensor {key!r}.")
+        if rows is None:
+            view = self._handle.get_tensor(key)
+        else:
+            view = self._handle.get_slice(key)[rows[0]:rows[1]]
+        if dtype is not None and view.is_floating_point() and view.dtype != dtype:
+            tensor = view.to(dtype)
+        else:
+            tensor = view.clone()
+        self._read_since_open += view.numel() * view.element_size()
+        del view
+        if self._read_since_open >= _WINDOW_BYTES:
+            # every tensor read so far is a copy: reopening unmaps the pages read, so they leave the process
+            self._handle.__exit__(None, None, None)
+            self._handle = self._open()
+            self._read_since_open = 0
+        return tensor
+
+    def close(self) -> None:
+        handle = self.__dict__.pop("_handle", None)
+        if handle is not None:
+            handle.__exit__(None, None, None)
+
+    def __enter__(self) -> SingleFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SingleFile({str(self.path)!r}, {len(self.keys)} tensors)"
