@@ -30,8 +30,11 @@ def _generate(args: argparse.Namespace) -> int:
         kwargs["mask_image"] = Image.open(args.mask).convert("L")
     if args.prompts_file is not None:
         return generate_batch.run(args, kwargs)
-    pipe = ModularPipeline.from_pretrained(args.model)
-    pipe.load_components()
+    if args.model.endswith(".safetensors"):  # a single-file checkpoint (LDM / BFL layout)
+        pipe = ModularPipeline.from_single_file(args.model, config=args.config)
+    else:
+        pipe = ModularPipeline.from_pretrained(args.model)
+        pipe.load_components()
     pipe.set_progress_bar_config(disable=args.quiet)
     images = pipe(output="images", **kwargs)
     stem, dot, ext = args.out.rpartition(".")
@@ -44,7 +47,10 @@ def _generate(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     gen_p = sub.add_parser("generate", help="generate images with an SD / SDXL folder or repo (model_index.json)")
-    gen_p.add_argument("--model", required=True, help="diffusers-format folder or Hub repo id")
+    gen_p.add_argument("--model", required=True, help="diffusers-format folder or Hub repo id, or a single-file "
+                                                       "checkpoint (.safetensors)")
+    gen_p.add_argument("--config", help="(single-file --model) diffusers-format folder or repo for configs and the "
+                                        "components the file lacks")
     gen_p.add_argument("--prompt", help="the prompt (or --prompts-file)")
     generate_batch.add_arguments(gen_p)
     gen_p.add_argument("--negative-prompt", dest="negative_prompt")

@@ -210,3 +210,55 @@ def pipeline_from_single_file(
             ", ".join(f"{n}=..." for n in missing), family.default_repo,
         )
     return pipe
+
+
+# -- writing a standard diffusers folder ----------------------------------------------------------------------------
+# components the reference's pipeline classes declare that single files never hold (written as [null, null])
+_OPTIONAL_STANDARD = {
+    "sd": {"safety_checker": [None, None], "feature_extractor": [None, None], "image_encoder": [None, None],
+           "requires_safety_checker": False},
+    "sdxl": {"feature_extractor": [None, None], "image_encoder": [None, None]},
+    "flux": {"feature_extractor": [None, None], "image_encoder": [None, None]},
+}
+
+
+def _library_of(obj: Any) -> str:
+    module = type(obj).__module__.split(".")[0]
+    return "diffusers" if module == "diffblocks" else module
+
+
+def convert_single_file(path: str | os.PathLike, out_dir: str | os.PathLike, config: str | os.PathLike | None = None,
+                        torch_dtype: torch.dtype | None = None, **kwargs: Any) -> list[str]:
+    """Write a single-file checkpoint as the standard diffusers folder (model_index.json + one subfolder per
+    component; a lone ControlNet / VAE file becomes a model folder). Returns the components missing from it."""
+    import json
+    from pathlib import Path
+
+    from .pipeline import ModularPipeline
+
+    out = Path(out_dir)
+    with SingleFile(path) as f:
+        detected = detect(f)
+    if not detected.family.preset:
+        component = next(iter(detected.components))
+        model = _model_class(component).from_single_file(path, config=config, torch_dtype=torch_dtype)
+        model.save_pretrained(out)
+        return []
+    pipe = ModularPipeline.from_single_file(path, config=config, torch_dtype=torch_dtype, **kwargs)
+    out.mkdir(parents=True, exist_ok=True)
+    index: dict[str, Any] = {"_class_name": detected.family.pipeline_class, "_diffusers_version": "0.30.0",
+                             **_OPTIONAL_STANDARD.get(detected.family.preset, {})}
+    index.update({k: v for k, v in pipe._config_values.items() if v is not None})
+    missing = []
+    for name, spec in pipe._specs.items():
+        if spec.default_creation_method != "from_pretrained" or name == "controlnet":
+            continue
+        obj = pipe.components.get(name)
+        if obj is None:
+            index[name] = [None, None]
+            missing.append(name)
+            continue
+        obj.save_pretrained(str(out / name))
+        index[name] = [_library_of(obj), type(obj).__name__]
+    (out / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return missing
