@@ -212,9 +212,9 @@ def test_sd15_guidance_embedding_unet(tmp_path):
 def test_callback_and_progress(sd15, ref15):
     seen = []
 
-    def callback(step, timestep, latents):
+    def callback(pipe, step, timestep, kwargs):
         seen.append(int(step))
-        return latents * 0.5 if step == 0 else None
+        return {"latents": kwargs["latents"] * 0.5} if step == 0 else {}
 
     got = sd15(prompt="a cat", num_inference_steps=STEPS, callback_on_step_end=callback, output_type="latent",
                generator=torch.Generator().manual_seed(0), output="images")

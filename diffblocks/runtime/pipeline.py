@@ -429,6 +429,7 @@ class ModularPipeline(ComponentLifecycleMixin):
         if output is not None and not isinstance(output, (str, list, tuple)):
             raise TypeError(f"output must be None, a name or a list of names; got {type(output).__name__}")
         check_output_names(output, self._output_names(values), where, produced=False)
+        self._interrupt = False  # the reference's flag a step callback may set to stop early (runtime/callbacks.py)
         state = copy.deepcopy(state) if state is not None else PipelineState()
         table = self._blocks._io().input_table
         for name, value in values.items():

@@ -19,6 +19,7 @@ from ...components.schedulers import (
     EulerDiscreteScheduler,
 )
 from ...components.spec import ComponentSpec
+from ...runtime.callbacks import StepEndCallback, TensorView, attr_view, concat_view, step_callback_inputs
 from .utils import (
     guidance_inputs,
     guider_for_call,
@@ -345,9 +346,14 @@ class DenoiseLoopWrapper(LoopSequentialPipelineBlocks):
     def loop_inputs(self) -> list[InputParam]:
         return [InputParam("timesteps", type_hint=torch.Tensor, required=True),
                 InputParam("num_inference_steps", type_hint=int, required=True),
-                InputParam("callback_on_step_end",
-                            description="callable(step, timestep, latents) -> new latents or None, after each step"),
+                *step_callback_inputs(),
                 *guidance_inputs()]
+
+    def callback_tensor_views(self) -> dict[str, TensorView]:
+        """The reference pipeline's `_callback_tensor_inputs` for this loop, read from / written to its state."""
+        return {"latents": attr_view("latents", refresh=False),
+                "prompt_embeds": concat_view("prompt_embeds", "negative_prompt_embeds"),
+                "negative_prompt_embeds": TensorView(lambda bs: bs.negative_prompt_embeds)}
 
     def __call__(self, components, state):
         bs = self.get_block_state(state)
@@ -361,13 +367,16 @@ class DenoiseLoopWrapper(LoopSequentialPipelineBlocks):
             bs.timestep_cond = guidance_scale_embedding(w, dim).to(device=bs.latents.device, dtype=bs.latents.dtype)
             if hasattr(bs.guider, "guidance_scale"):
                 bs.guider = bs.guider.with_overrides(guidance_scale=1.0)
-        callback = bs.callback_on_step_end
+        callback = StepEndCallback.resolve(type(self).__name__, bs.callback_on_step_end,
+                                           bs.callback_on_step_end_tensor_inputs, self.callback_tensor_views())
         for i, t in enumerate(self.progress_bar(bs.timesteps)):
             components, bs = self.loop_step(components, bs, i=i, t=t)
             if callback is not None:
-                new = callback(i, t, bs.latents)
-                if new is not None:
-                    bs.latents = new
+                refresh, stop = callback(components, bs, i, t)
+                if refresh:
+                    bs.__dict__.pop("_guider_fields", None)  # rebuilt from the changed embeddings
+                if stop:
+                    break
         self.set_block_state(state, bs)
         return components, state
 

@@ -21,6 +21,7 @@ from ...blocks import (
 from ...components.models.flux_transformer import FluxTransformer2DModel
 from ...components.schedulers import FlowMatchEulerDiscreteScheduler
 from ...components.spec import ComponentSpec
+from ...runtime.callbacks import StepEndCallback, TensorView, attr_view, step_callback_inputs
 from ..common.utils import guider_for_call, guider_spec
 from .utils import DEFAULT_TRUE_CFG_SCALE
 
@@ -172,7 +173,12 @@ class FluxDenoiseStep(LoopSequentialPipelineBlocks):
                        description="distilled guidance embedding value (ignored by models without one)"),
             InputParam("true_cfg_scale", type_hint=float,
                        description="true CFG scale for this call (needs a negative prompt; default: guider's)"),
+            *step_callback_inputs(),
         ]
+
+    def callback_tensor_views(self) -> dict[str, TensorView]:
+        """FluxPipeline's `_callback_tensor_inputs` (packed latents, T5 prompt embeddings)."""
+        return {"latents": attr_view("latents", refresh=False), "prompt_embeds": attr_view("prompt_embeds")}
 
     @property
     def loop_intermediate_outputs(self) -> list[OutputParam]:
@@ -195,17 +201,28 @@ class FluxDenoiseStep(LoopSequentialPipelineBlocks):
         if transformer.config.guidance_embeds:
             guidance = torch.full((latents.shape[0],), float(bs.guidance_scale), device=latents.device,
                                   dtype=torch.float32)
-        bs._static_fields = {
-            "guidance": guidance,
-            "encoder_hidden_states": (bs.prompt_embeds, bs.negative_prompt_embeds),
-            "pooled_projections": (bs.pooled_prompt_embeds, bs.negative_pooled_prompt_embeds),
-        }
+        bs._static_fields = {"guidance": guidance}
+        self._text_fields(bs)
+
+    @staticmethod
+    def _text_fields(bs: Any) -> None:
+        """The (cond, uncond) text inputs of each pass; rebuilt when a step callback changes the embeddings."""
+        bs._static_fields["encoder_hidden_states"] = (bs.prompt_embeds, bs.negative_prompt_embeds)
+        bs._static_fields["pooled_projections"] = (bs.pooled_prompt_embeds, bs.negative_pooled_prompt_embeds)
 
     def __call__(self, components: Any, state: Any):
         bs = self.get_block_state(state)
         self._prepare(components, bs)
+        callback = StepEndCallback.resolve(type(self).__name__, bs.callback_on_step_end,
+                                           bs.callback_on_step_end_tensor_inputs, self.callback_tensor_views())
         for i, t in enumerate(self.progress_bar(bs.timesteps)):
             components, bs = self.loop_step(components, bs, i=i, t=t)
+            if callback is not None:
+                refresh, stop = callback(components, bs, i, t)
+                if refresh:
+                    self._text_fields(bs)  # step-invariant fields from the changed embeddings
+                if stop:
+                    break
         self.set_block_state(state, bs)
         return components, state
 

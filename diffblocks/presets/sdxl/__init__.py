@@ -22,6 +22,7 @@ from ...blocks import (
 )
 from ...components.models import UNet2DConditionModel
 from ...components.spec import ComponentSpec
+from ...runtime.callbacks import TensorView, attr_view, concat_view
 from ..common import (
     AutoControlNetDenoiseStep,
     AutoControlNetInputStep,
@@ -345,9 +346,20 @@ class StableDiffusionXLLoopAfterDenoiser(LoopAfterDenoiser):
     model_name = "stable-diffusion-xl"
 
 
+def _xl_callback_views() -> dict[str, TensorView]:
+    """StableDiffusionXLPipeline's `_callback_tensor_inputs`, in its [negative, positive] layout under CFG."""
+    return {"latents": attr_view("latents", refresh=False),
+            "prompt_embeds": concat_view("prompt_embeds", "negative_prompt_embeds"),
+            "add_text_embeds": concat_view("pooled_prompt_embeds", "negative_pooled_prompt_embeds"),
+            "add_time_ids": concat_view("add_time_ids", "negative_add_time_ids")}
+
+
 class StableDiffusionXLDenoiseLoopWrapper(DenoiseLoopWrapper):
     model_name = "stable-diffusion-xl"
     default_guidance_scale = XL_GUIDANCE
+
+    def callback_tensor_views(self) -> dict[str, TensorView]:
+        return _xl_callback_views()
 
 
 class StableDiffusionXLDenoiseStep(StableDiffusionXLDenoiseLoopWrapper):
@@ -358,18 +370,27 @@ class StableDiffusionXLDenoiseStep(StableDiffusionXLDenoiseLoopWrapper):
 class StableDiffusionXLInpaintDenoiseStep(InpaintDenoiseStep):
     model_name = "stable-diffusion-xl"
     default_guidance_scale = XL_GUIDANCE
+
+    def callback_tensor_views(self) -> dict[str, TensorView]:
+        return _xl_callback_views()
     block_classes = [InpaintLoopBeforeDenoiser, StableDiffusionXLLoopDenoiser, InpaintLoopAfterDenoiser]
 
 
 class StableDiffusionXLControlNetDenoiseStep(ControlNetDenoiseStep):
     model_name = "stable-diffusion-xl"
     default_guidance_scale = XL_GUIDANCE
+
+    def callback_tensor_views(self) -> dict[str, TensorView]:
+        return _xl_callback_views()
     block_classes = [LoopBeforeDenoiser, StableDiffusionXLControlNetLoopDenoiser, LoopAfterDenoiser]
 
 
 class StableDiffusionXLInpaintControlNetDenoiseStep(InpaintControlNetDenoiseStep):
     model_name = "stable-diffusion-xl"
     default_guidance_scale = XL_GUIDANCE
+
+    def callback_tensor_views(self) -> dict[str, TensorView]:
+        return _xl_callback_views()
     block_classes = [InpaintLoopBeforeDenoiser, StableDiffusionXLControlNetLoopDenoiser, InpaintLoopAfterDenoiser]
 
 
