@@ -36,6 +36,8 @@ _EXPORTS: dict[str, str] = {
     "UnsafePathError": "diffblocks.components.trust",
     "generate_batch": "diffblocks.runtime.distributed",
     "image_seed": "diffblocks.runtime.distributed",
+    "Interrupted": "diffblocks.runtime.execution",
+    "ProgressEvent": "diffblocks.runtime.execution",
     # components
     "ComponentSpec": "diffblocks.components.spec",
     "ComponentsManager": "diffblocks.components.manager",

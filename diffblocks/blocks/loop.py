@@ -10,6 +10,7 @@ from .insertable_dict import _generation
 from .io import BlockIO, merge_sequential
 from .params import ConfigSpec, InputParam, OutputParam
 from .state import BlockState
+from .trace import current_tracer
 
 __all__ = ["LoopSequentialPipelineBlocks"]
 
@@ -123,7 +124,11 @@ class LoopSequentialPipelineBlocks(CompositeBlocks):
 
         config = {"desc": type(self).__name__, **self.__dict__.get("_progress_bar_config", {})}
         if iterable is not None:
-            return tqdm(iterable, total=total, **config)
+            bar = tqdm(iterable, total=total, **config)
+            runner = current_tracer()
+            steps = getattr(runner, "steps", None)
+            # the runtime's executor checks for an interrupt before each step and reports step i of n
+            return steps(self, bar) if steps is not None else bar
         return tqdm(total=total, **config)
 
     def __call__(self, components: Any, state):

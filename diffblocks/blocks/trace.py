@@ -7,13 +7,24 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Tracer", "TraceRecord", "current_tracer"]
+__all__ = ["Tracer", "TraceRecord", "current_tracer", "use_runner"]
 
 _TRACER: contextvars.ContextVar[Tracer | None] = contextvars.ContextVar("diffblocks_tracer", default=None)
 
 
 def current_tracer() -> Tracer | None:
+    """The object composites run their children through (`run(name, block, components, state)`): a Tracer, or
+    the runtime's executor (interrupt, progress, cache); None on the plain path."""
     return _TRACER.get()
+
+
+def use_runner(runner: Any) -> contextvars.Token:
+    """Install `runner` as the current runner (reset with `_TRACER.reset(token)` via `reset_runner`)."""
+    return _TRACER.set(runner)
+
+
+def reset_runner(token: contextvars.Token) -> None:
+    _TRACER.reset(token)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from ..blocks.validation import check_inputs
 from ..components.config import FrozenConfig
 from ..components.spec import ComponentSpec
 from .lifecycle import ComponentLifecycleMixin, check_output_names
+from .steering import SteeringMixin
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def _per_component(value: Any, name: str, component_names: set[str]) -> tuple[bo
     return True, value
 
 
-class ModularPipeline(ComponentLifecycleMixin):
+class ModularPipeline(ComponentLifecycleMixin, SteeringMixin):
     """Runs a block tree. Components are attributes (`pipe.unet`); config values too (`pipe.config.x`).
 
     Built by `blocks.init_pipeline(...)` or `ModularPipeline.from_pretrained(...)`; loads no weights until
@@ -441,15 +442,9 @@ class ModularPipeline(ComponentLifecycleMixin):
                 state.set(name, value, param.kwargs_type)
         import torch
 
-        tracer = Tracer() if trace else None
         try:
             with torch.no_grad():
-                if tracer is not None:
-                    with tracer:
-                        _, state = tracer.run(type(self._blocks).__name__, self._blocks, self, state)
-                    state.trace = tracer
-                else:
-                    _, state = self._blocks(self, state)
+                state = self._run_blocks(state, Tracer() if trace else None)  # runtime/steering.py
         except Exception as exc:
             self._annotate(exc)
             raise
