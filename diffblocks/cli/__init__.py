@@ -10,13 +10,13 @@ import argparse
 import logging
 import sys
 
-from . import convert, demo, generate, inspect, train
+from . import convert, demo, generate, info, inspect, train
 from .blocks_arg import NAMED_BLOCKS, resolve_blocks
 
 __all__ = ["COMMANDS", "NAMED_BLOCKS", "build_parser", "main", "resolve_blocks"]
 
 # subcommand modules, in the order `diffblocks --help` lists them
-COMMANDS = [inspect, demo, generate, train, convert]
+COMMANDS = [inspect, demo, generate, train, convert, info]
 
 
 def _version() -> str:

@@ -11,10 +11,11 @@ from typing import Any
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts-file", dest="prompts_file",
                         help="instead of --prompt: one prompt per line (or .jsonl objects with \"prompt\" and other "
-                             "inputs), split over the processes of torchrun / accelerate launch; needs --out-dir")
+                             "inputs), split over the processes of torchrun / accelerate launch; needs --out-dir (default: none)")
     parser.add_argument("--images-per-prompt", dest="images_per_prompt", type=int, default=1,
-                        help="(--prompts-file) images per prompt, each seeded by (--seed, prompt index, image index)")
-    parser.add_argument("--out-dir", dest="out_dir", help="(--prompts-file) folder for the images and summary.json")
+                        help="(--prompts-file) images per prompt, each seeded by (--seed, prompt index, image index) "
+                             "(default: %(default)s)")
+    parser.add_argument("--out-dir", dest="out_dir", help="(--prompts-file) folder for the images and summary.json (default: none)")
 
 
 def run(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
@@ -26,7 +27,8 @@ def run(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
         raise SystemExit("diffblocks generate: with --prompts-file use --images-per-prompt, not --num-images")
     if not args.out_dir:
         raise SystemExit("diffblocks generate: --prompts-file needs --out-dir (where the images and summary.json go)")
-    result = generate_batch(args.model, args.prompts_file, args.out_dir, images_per_prompt=args.images_per_prompt,
+    model = getattr(args, "model_loader", None) or args.model  # a loader when pipeline options are given
+    result = generate_batch(model, args.prompts_file, args.out_dir, images_per_prompt=args.images_per_prompt,
                             seed=args.seed, call_kwargs=kwargs, progress=not args.quiet)
     summary = result.summary
     if summary is not None:
