@@ -115,3 +115,35 @@ def test_lora_text_encoder_on_a_model_without_one(base, data, tmp_path):
     with pytest.raises(TrainingConfigError, match="--lora --train_text_encoder: the model .* has no text_encoder"):
         train(fast_config(model, data, tmp_path / "out", lora=True, train_text_encoder=True))
     _no_step(tmp_path / "out")
+
+
+def test_dataset_name_reads_a_datasets_dataset(monkeypatch):
+    """--dataset_name goes through `datasets.load_dataset(name, config)["train"]` and its columns."""
+    import types
+
+    from fixtures_sd import test_image
+
+    from diffblocks.training.data import TrainingDataset, hub_dataset_examples
+
+    rows = [{"img": test_image(20, seed=i), "caption": [f"caption {i}", "second"]} for i in range(2)]
+
+    class Split(list):
+        column_names = ["img", "caption"]
+
+    seen = {}
+
+    def load_dataset(name, config=None, cache_dir=None):
+        seen.update(name=name, config=config)
+        return {"train": Split(rows)}
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    examples = hub_dataset_examples("user/pokemon", "default", "img", "caption")
+    assert seen == {"name": "user/pokemon", "config": "default"}
+    assert [e.caption for e in examples] == ["caption 0", "caption 1"]  # the first of several captions
+    item = TrainingDataset(examples, 16, center_crop=True)[1]
+    assert item["image"].shape == (3, 16, 16) and item["prompt"] == "caption 1"
+    with pytest.raises(TrainingDataError, match="no column 'text' \\(--caption_column\\)"):
+        hub_dataset_examples("user/pokemon", None, "img", "text")
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(TrainingDataError, match="--dataset_name needs the `datasets` library"):
+        hub_dataset_examples("user/pokemon", None, "img", "caption")

@@ -124,3 +124,36 @@ def test_dreambooth_prior_preservation(base, tmp_path):
     assert loss1 == pytest.approx(loss0 + prior1, rel=1e-5)  # loss = instance loss + weight * prior loss
     assert (tmp_path / "db1.0" / "unet").is_dir()
     assert max_diff(unet_weights(tmp_path / "db1.0"), unet_weights(base)) > 0
+
+
+def test_lora_resume_equals_straight_training(base, tmp_path):
+    from safetensors.torch import load_file
+
+    data = captioned_folder(tmp_path / "data", n=3)
+    opts = dict(lora=True, rank=2, train_batch_size=1, learning_rate=1e-2, checkpointing_steps=2,
+                lr_scheduler="linear", lr_warmup_steps=1)
+    train(fast_config(base, data, tmp_path / "straight", max_train_steps=3, **opts))
+    split = tmp_path / "split"
+    with pytest.raises(Exception, match="stop after the checkpoint"):
+        # a run killed right after checkpoint-2: a block that raises on the third step
+        from diffblocks.training import TEXT2IMAGE_TRAIN_BLOCKS
+
+        class Crash(ModularPipelineBlocks):
+            inputs = property(lambda self: [InputParam("optimizer_stepped")])
+            calls = [0]
+
+            def __call__(self, components, state):
+                self.calls[0] += 1
+                if self.calls[0] == 3:
+                    raise RuntimeError("stop after the checkpoint")
+                return components, state
+
+        blocks = SequentialPipelineBlocks.from_blocks_dict(TEXT2IMAGE_TRAIN_BLOCKS)
+        blocks.sub_blocks.insert("crash", Crash(), 0)
+        train(fast_config(base, data, split, max_train_steps=3, **opts), blocks=blocks)
+    assert (split / "checkpoint-2" / "pytorch_lora_weights.safetensors").is_file()
+    train(fast_config(base, data, split, max_train_steps=3, resume_from_checkpoint="latest", **opts))
+    a = load_file(str(tmp_path / "straight" / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(split / "pytorch_lora_weights.safetensors"))
+    assert max_diff(a, b) <= 1e-6
+    assert max_diff(a, load_file(str(split / "checkpoint-2" / "pytorch_lora_weights.safetensors"))) > 1e-6
