@@ -78,6 +78,10 @@ _EXPORTS: dict[str, str] = {
     "VaeImageProcessor": "diffblocks.components.image_processor",
     # configurable components
     "ConfigMixin": "diffblocks.components.config",
+    # training
+    "TrainingConfig": "diffblocks.training",
+    "train_text2image": "diffblocks.training",
+    "train_dreambooth": "diffblocks.training",
 }
 
 

@@ -137,3 +137,11 @@ def test_ema_matches_the_reference_ema_model():
     again = EMAWeights(model.parameters())
     again.load_state_dict(state)
     assert again.optimization_step == 5 and all(torch.equal(a, b) for a, b in zip(again.shadow, ours.shadow))
+
+
+def test_public_names():
+    import diffblocks
+    from diffblocks.training import TrainingConfig, train_dreambooth, train_text2image
+
+    assert diffblocks.TrainingConfig is TrainingConfig and diffblocks.train_text2image is train_text2image
+    assert diffblocks.train_dreambooth is train_dreambooth
