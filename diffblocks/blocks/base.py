@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .backend import backend
 from .errors import BlockInputError, ComponentNotLoadedError
-from .insertable_dict import InsertableDict, structure_generation
+from .insertable_dict import InsertableDict
 from .io import BlockIO, leaf_io
 from .params import ConfigSpec, InputParam, OutputParam
 from .state import BlockState, PipelineState, note_missing_field
@@ -100,18 +100,32 @@ class ModularPipelineBlocks:
         return leaf_io(self)
 
     def _io(self) -> BlockIO:
+        """This block's port table, cached until an edit of its own tree drops it (see `_invalidate_up`)."""
         cached = self.__dict__.get("_io_cache")
-        generation = structure_generation()
-        if cached is not None and cached.generation == generation:
+        if cached is not None:
             return cached
         io = self._compute_io().finalize()
-        io.generation = generation
         self.__dict__["_io_cache"] = io
         return io
 
+    def _invalidate_up(self) -> None:
+        """Drop what this block and every block containing it derived from their children: an edit in one
+        tree leaves every other tree's caches alone."""
+        todo, seen = [self], set()
+        while todo:
+            block = todo.pop()
+            if id(block) in seen:
+                continue
+            seen.add(id(block))
+            block.__dict__.pop("_io_cache", None)
+            block.__dict__.pop("loop_step", None)  # a loop's installed step function
+            parents = block.__dict__.get("_parents")
+            if parents:
+                todo.extend(parents)
+
     def invalidate(self) -> None:
         """Forget cached ports (call after changing what a block declares at run time)."""
-        self.__dict__.pop("_io_cache", None)
+        self._invalidate_up()
         for child in self.sub_blocks.values():
             child.invalidate()
 
@@ -325,7 +339,11 @@ class ModularPipelineBlocks:
         new = type(self).__new__(type(self))
         memo[id(self)] = new
         for key, value in self.__dict__.items():
-            if key in ("_io_cache", "loop_step", "_pipeline_component_types"):  # the last: set by a pipeline's view
+            # caches, parent links (set by the copied parent) and the annotation a pipeline's view sets
+            if key in ("_io_cache", "loop_step", "_parents", "_pipeline_component_types"):
                 continue
             new.__dict__[key] = copy.deepcopy(value, memo)
+        subs = new.__dict__.get("_sub_blocks")
+        if subs is not None and hasattr(subs, "attach"):
+            subs.attach(new)
         return new

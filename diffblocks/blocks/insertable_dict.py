@@ -5,23 +5,18 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-__all__ = ["InsertableDict", "structure_generation"]
-
-# Bumped on every edit of any InsertableDict, so composite blocks can cache what they derive from
-# their children and know in O(1) whether any nested edit happened since.
-_generation = [0]
-
-
-def structure_generation() -> int:
-    return _generation[0]
-
-
-def _bump() -> None:
-    _generation[0] += 1
+__all__ = ["InsertableDict"]
 
 
 class InsertableDict(OrderedDict):
-    """OrderedDict with `insert(key, value, index)`; item assignment to an existing key replaces in place."""
+    """OrderedDict with `insert(key, value, index)`; item assignment to an existing key replaces in place.
+
+    Every edit calls `_edited()` (a no-op here): a composite block's `sub_blocks` uses it to drop the port
+    tables cached by that block and the blocks that contain it, and nothing else in the process.
+    """
+
+    def _edited(self) -> None:
+        """Called after every structural edit."""
 
     def insert(self, key: str, value: Any, index: int) -> InsertableDict:
         items = [(k, v) for k, v in self.items() if k != key]
@@ -30,43 +25,43 @@ class InsertableDict(OrderedDict):
         super().clear()
         for k, v in items:
             super().__setitem__(k, v)
-        _bump()
+        self._edited()
         return self
 
     def __setitem__(self, key: str, value: Any) -> None:
         super().__setitem__(key, value)
-        _bump()
+        self._edited()
 
     def __delitem__(self, key: str) -> None:
         super().__delitem__(key)
-        _bump()
+        self._edited()
 
     def pop(self, key: str, *default: Any) -> Any:
         value = super().pop(key, *default)
-        _bump()
+        self._edited()
         return value
 
     def popitem(self, last: bool = True):
         item = super().popitem(last)
-        _bump()
+        self._edited()
         return item
 
     def clear(self) -> None:
         super().clear()
-        _bump()
+        self._edited()
 
     def update(self, *args: Any, **kwargs: Any) -> None:
         super().update(*args, **kwargs)
-        _bump()
+        self._edited()
 
     def setdefault(self, key: str, default: Any = None) -> Any:
         value = super().setdefault(key, default)
-        _bump()
+        self._edited()
         return value
 
     def move_to_end(self, key: str, last: bool = True) -> None:
         super().move_to_end(key, last)
-        _bump()
+        self._edited()
 
     def __repr__(self) -> str:
         if not self:

@@ -37,7 +37,6 @@ class BlockIO:
     required: list[str]
     owners: dict[str, str] = field(default_factory=dict)  # input name -> dotted path of the declaring block
     children: tuple = ()  # ((name, block), ...)
-    generation: int = -1
 
     # fast tables, filled by finalize()
     read_plan: tuple = ()  # (name, default, required, kwargs_type)

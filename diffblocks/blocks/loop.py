@@ -6,7 +6,6 @@ from typing import Any
 
 from .composite import CompositeBlocks, locate_error
 from .errors import BlockGraphError
-from .insertable_dict import _generation
 from .io import BlockIO, merge_sequential
 from .params import ConfigSpec, InputParam, OutputParam
 from .state import BlockState
@@ -64,19 +63,16 @@ class LoopSequentialPipelineBlocks(CompositeBlocks):
         """One iteration: every sub-block in order on the shared block state.
 
         The first call installs a specialised step function on the instance (it shadows this method) that
-        holds the sub-blocks in closure cells; it falls back here when any `sub_blocks` is edited.
+        holds the sub-blocks in closure cells; an edit of `sub_blocks` removes it (`_invalidate_up`).
         """
         return self._install_step()(components, block_state, **kwargs)
 
     def _install_step(self):
         io = self._io()
         blocks = tuple(block for _, block in io.children)
-        generation, current, owner, fallback = io.generation, _generation, self, type(self).loop_step
+        owner = self
 
         def step(components: Any, block_state: BlockState, **kwargs: Any):
-            if current[0] != generation:  # the structure changed: rebuild
-                owner.__dict__.pop("loop_step", None)
-                return fallback(owner, components, block_state, **kwargs)
             try:
                 for block in blocks:
                     components, block_state = block(components, block_state, **kwargs)

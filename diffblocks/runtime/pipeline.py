@@ -353,8 +353,17 @@ class ModularPipeline(ComponentLifecycleMixin, SteeringMixin):
     @property
     def blocks(self) -> ModularPipelineBlocks:
         """A copy of the blocks; its repr and doc show the component classes this pipeline holds (e.g. the
-        scheduler actually loaded) where they differ from what the blocks declare."""
-        blocks = copy.deepcopy(self._blocks)
+        scheduler actually loaded) where they differ from what the blocks declare.
+
+        The copy is made once and handed out again until it (or the pipeline's own tree) is edited, so reading
+        `pipe.blocks` is cheap; edit it freely: the pipeline is not affected and the next read is a fresh copy."""
+        view = self.__dict__.get("_blocks_view")
+        source = self._blocks._io()
+        if view is None or view[1] is not source or "_io_cache" not in view[0].__dict__:
+            blocks = copy.deepcopy(self._blocks)
+            blocks._io()  # an edit anywhere in the copy drops this: the next read makes a new copy
+            self.__dict__["_blocks_view"] = view = (blocks, source)
+        blocks = view[0]
         held = {name: type(obj).__name__ for name, obj in self._components.items() if obj is not None}
         for name, spec in self._specs.items():
             if name not in held and isinstance(spec.type_hint, type):
