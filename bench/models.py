@@ -1,6 +1,7 @@
 """Forward-time ratio ours / reference (diffusers) for the UNet and the VAE on CPU.
 
-Both models use the same weights and inputs; runs alternate between the two so machine noise hits both alike.
+Both models use the same weights and inputs; 1 torch thread; runs alternate between the two (order flipped every
+round) so machine noise hits both alike; medians and the p25-p75 of the per-round ratio.
 Prints one line per case; ratios below 1.0 mean we are faster.
 
     python bench/models.py [--repeats 5] [--skip-full]
@@ -63,11 +64,18 @@ def _compare(name: str, ref_fn, ours_fn, repeats: int) -> None:
     with torch.no_grad():
         ref_fn(), ours_fn()  # warm-up
         ref_t, ours_t = [], []
-        for _ in range(repeats):
-            ref_t += _time(ref_fn, 1)
-            ours_t += _time(ours_fn, 1)
+        for r in range(repeats):  # interleaved, order flipped every round
+            if r % 2:
+                ours_t += _time(ours_fn, 1)
+                ref_t += _time(ref_fn, 1)
+            else:
+                ref_t += _time(ref_fn, 1)
+                ours_t += _time(ours_fn, 1)
     r, o = statistics.median(ref_t), statistics.median(ours_t)
-    print(f"{name:<40} ours {o * 1e3:9.2f} ms   reference {r * 1e3:9.2f} ms   ratio {o / r:5.3f}")
+    ratios = sorted(a / b for a, b in zip(ours_t, ref_t))
+    lo, hi = (statistics.quantiles(ratios, n=4)[0::2] if len(ratios) > 1 else (ratios[0], ratios[0]))
+    print(f"{name:<40} ours {o * 1e3:9.2f} ms   reference {r * 1e3:9.2f} ms   ratio {o / r:5.3f} "
+          f"(p25-p75 of rounds {lo:.3f}-{hi:.3f})")
 
 
 def main() -> None:
@@ -81,6 +89,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-full", action="store_true")
     args = parser.parse_args()
+    torch.set_num_threads(1)  # 2 shared cores: more threads than that make runs swing with others' load
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
 

@@ -55,8 +55,9 @@ def _time(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def measure(pairs: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
-    """Median seconds per call of each callable, interleaved round by round after one warm-up each."""
+def measure(pairs: dict[str, Callable[[], Any]], rounds: int) -> dict[str, Any]:
+    """Median seconds per call of each callable, interleaved round by round (order flipped every round) after
+    one warm-up each; also the per-round ratio ours/ref's p25 and p75 under "spread"."""
     for fn in pairs.values():
         fn()
     samples: dict[str, list[float]] = {name: [] for name in pairs}
@@ -71,7 +72,12 @@ def measure(pairs: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float
                 samples[name].append(_time(fn))
     finally:
         gc.enable()
-    return {name: statistics.median(values) for name, values in samples.items()}
+    out: dict[str, Any] = {name: statistics.median(values) for name, values in samples.items()}
+    if "ours" in samples and "ref" in samples:
+        ratios = sorted(o / r for o, r in zip(samples["ours"], samples["ref"]))
+        quart = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+        out["spread"] = (quart[0], quart[2])
+    return out
 
 
 def _np(images: Any):
@@ -168,9 +174,10 @@ def run(steps: int, rounds: int) -> str:
                 raise SystemExit(f"{sc['name']}: outputs differ (shapes {a.shape} vs {b.shape}, max abs {err:.2e}); "
                                  "not timing a pipeline that computes something else")
             t = measure({"ref": sc["ref"], "ours": sc["ours"]}, rounds)
-            rows.append((sc["name"], sc["kind"], t["ours"], t["ref"], err))
+            rows.append((sc["name"], sc["kind"], t["ours"], t["ref"], err, t["spread"]))
             print(f"{sc['name']}: ours {t['ours'] * 1e3:.1f} ms, ref {t['ref'] * 1e3:.1f} ms, "
-                  f"ours/ref {t['ours'] / t['ref']:.3f} (max abs diff {err:.1e})", flush=True)
+                  f"ours/ref {t['ours'] / t['ref']:.3f} [p25-p75 of rounds {t['spread'][0]:.3f}-{t['spread'][1]:.3f}] "
+                  f"(max abs diff {err:.1e})", flush=True)
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                                 check=False).stdout.strip() or "unknown"
@@ -178,20 +185,22 @@ def run(steps: int, rounds: int) -> str:
         commit = "unknown"
     lines = [
         "`bench/pipelines.py`: whole-pipeline wall time of our presets vs the reference pipelines on the tiny "
-        "test folders (tests/fixtures_sd.py, fp32, 64x64, CPU). Images are checked equal (max abs diff <= 1e-3) "
-        "before timing; medians of interleaved rounds after a warm-up. Targets: ours/standard <= 1.05; "
+        "test folders (tests/fixtures_sd.py, fp32, 64x64, CPU, 1 torch thread). Images are checked equal (max abs "
+        "diff <= 1e-3) before timing; medians of interleaved rounds (order flipped every round) after a warm-up, "
+        "and the p25-p75 of the per-round ratio. Targets: ours/standard <= 1.05; "
         "reference modular SDXL / ours >= 1.15.",
         "",
         f"Date {datetime.date.today()}; machine: {os.cpu_count()}-core CPU ({platform.machine()}), no GPU, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads); commit {commit}; {steps} steps, "
         f"{rounds} rounds.",
         "",
-        "| scenario | reference | ours (ms) | reference (ms) | ours/ref | ref/ours | max abs diff |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| scenario | reference | ours (ms) | reference (ms) | ours/ref | ours/ref p25-p75 of rounds | ref/ours | "
+        "max abs diff |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, kind, ours_t, ref_t, err in rows:
+    for name, kind, ours_t, ref_t, err, (lo, hi) in rows:
         lines.append(f"| {name} | {kind} | {ours_t * 1e3:.1f} | {ref_t * 1e3:.1f} | {ours_t / ref_t:.3f} | "
-                     f"{ref_t / ours_t:.2f} | {err:.1e} |")
+                     f"{lo:.3f}-{hi:.3f} | {ref_t / ours_t:.2f} | {err:.1e} |")
     return "\n".join(lines) + "\n"
 
 
@@ -213,6 +222,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--update-results", action="store_true", help="rewrite the pipelines section of RESULTS.md")
     args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)  # 2 shared cores: more threads than that make runs swing with others' load
     _quiet()
     steps, rounds = (4, 3) if args.quick else (args.steps, args.rounds)
     text = run(steps, rounds)

@@ -23,6 +23,7 @@ from torch import nn
 
 from .config import ConfigMixin
 from .hub import resolve_file, upload_folder
+from .placement import resolve_placement
 from .state_dict import CheckpointError, load_state_dict, safetensors_shapes
 
 logger = logging.getLogger(__name__)
@@ -230,8 +231,6 @@ class ModelMixin(nn.Module, ConfigMixin):
         any weight is read.
         """
         from accelerate import init_empty_weights
-
-        from .placement import resolve_placement
 
         placement = resolve_placement(cls.__name__, device, device_map, max_memory, low_cpu_mem_usage)
         config = cls.load_config(path_or_repo_id, subfolder=subfolder, revision=revision)
