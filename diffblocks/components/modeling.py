@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .adapters.model_mixin import LoraAdapterMixin
 from .config import ConfigMixin
 from .hub import resolve_file, upload_folder
 from .placement import resolve_placement
@@ -84,7 +85,7 @@ def _parse_size(size: int | str) -> int:
     return int(number * factors[unit])
 
 
-class ModelMixin(nn.Module, ConfigMixin):
+class ModelMixin(LoraAdapterMixin, nn.Module, ConfigMixin):
     """Base of our models: config handling, checkpoint I/O in the standard layout, small helpers."""
 
     config_name = "config.json"

@@ -14,6 +14,7 @@ from ..blocks.trace import Tracer
 from ..blocks.validation import check_inputs
 from ..components.config import FrozenConfig
 from ..components.spec import ComponentSpec
+from .adapters import AdaptersMixin
 from .lifecycle import ComponentLifecycleMixin, check_output_names
 from .steering import SteeringMixin
 
@@ -46,7 +47,7 @@ def _per_component(value: Any, name: str, component_names: set[str]) -> tuple[bo
     return True, value
 
 
-class ModularPipeline(ComponentLifecycleMixin, SteeringMixin):
+class ModularPipeline(ComponentLifecycleMixin, SteeringMixin, AdaptersMixin):
     """Runs a block tree. Components are attributes (`pipe.unet`); config values too (`pipe.config.x`).
 
     Built by `blocks.init_pipeline(...)` or `ModularPipeline.from_pretrained(...)`; loads no weights until

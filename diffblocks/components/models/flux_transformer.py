@@ -6,10 +6,9 @@ unchanged and guider layer paths (`transformer_blocks.0`, `single_transformer_bl
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..adapters.lora import lora_scale
 from ..config import register_to_config
 from ..modeling import BaseOutput, ModelMixin
 from .flux_layers import (
@@ -137,20 +137,6 @@ class FluxSingleTransformerBlock(nn.Module):
         return out[:, :text_len], out[:, text_len:]
 
 
-@contextlib.contextmanager
-def _lora_scale(model: nn.Module, scale: float) -> Iterator[None]:
-    """Scale peft LoRA layers by ``scale`` for one forward (``joint_attention_kwargs={"scale": s}``)."""
-    layers = [m for m in model.modules() if hasattr(m, "scale_layer") and hasattr(m, "unscale_layer")] \
-        if scale != 1.0 else []
-    for m in layers:
-        m.scale_layer(scale)
-    try:
-        yield
-    finally:
-        for m in layers:
-            m.unscale_layer(scale if scale != 0 else None)
-
-
 class FluxTransformer2DModel(ModelMixin):
     """The Flux transformer over packed 2x2 latent patches.
 
@@ -264,7 +250,6 @@ class FluxTransformer2DModel(ModelMixin):
             raise ValueError("FluxTransformer2DModel: guidance was given but this model has no guidance embedder "
                              "(guidance_embeds=False, e.g. FLUX.1-schnell); pass guidance=None.")
         attn_kwargs = dict(joint_attention_kwargs or {})
-        lora_scale = attn_kwargs.pop("scale", 1.0)
         if "ip_adapter_image_embeds" in attn_kwargs:
             raise NotImplementedError("FluxTransformer2DModel: IP-Adapter image embeddings are not supported yet.")
 
@@ -272,7 +257,7 @@ class FluxTransformer2DModel(ModelMixin):
         img_ids = self._position_ids(img_ids, "img_ids", image_tokens)
         txt_ids = self._position_ids(txt_ids, "txt_ids", encoder_hidden_states.shape[1])
 
-        with _lora_scale(self, lora_scale):
+        with lora_scale(self, attn_kwargs.pop("scale", None)):
             hidden_states = self.x_embedder(hidden_states)
             dtype, device = hidden_states.dtype, hidden_states.device
             timestep = self._per_sample(timestep, "timestep", batch, device).to(dtype) * 1000

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..adapters.lora import lora_scale
 from ..config import register_to_config
 from ..modeling import BaseOutput, ModelMixin
 from .attention import mask_to_bias
@@ -295,7 +296,8 @@ class UNet2DConditionModel(ModelMixin, _ConditioningEmbeddings):
 
         `down_block_additional_residuals` / `mid_block_additional_residual` are ControlNet outputs, added to the
         skip connections and to the mid block output. `added_cond_kwargs` holds SDXL's `text_embeds` and
-        `time_ids`. Masks are (B, L) keep-masks (1 = attend).
+        `time_ids`. Masks are (B, L) keep-masks (1 = attend). `cross_attention_kwargs={"scale": s}` scales the
+        LoRA adapters for this call.
         """
         if (down_block_additional_residuals is None) != (mid_block_additional_residual is None):
             raise ValueError("ControlNet residuals come in pairs: pass both down_block_additional_residuals and "
@@ -314,6 +316,15 @@ class UNet2DConditionModel(ModelMixin, _ConditioningEmbeddings):
         if self.encoder_hid_proj is not None:
             encoder_hidden_states = self.encoder_hid_proj(encoder_hidden_states)
 
+        cross_attention_kwargs = dict(cross_attention_kwargs or {})
+        with lora_scale(self, cross_attention_kwargs.pop("scale", None)):
+            return self._forward(sample, emb, encoder_hidden_states, attention_mask, cross_attention_kwargs or None,
+                                 encoder_attention_mask, down_block_additional_residuals,
+                                 mid_block_additional_residual, forward_upsample_size, return_dict)
+
+    def _forward(self, sample, emb, encoder_hidden_states, attention_mask, cross_attention_kwargs,
+                 encoder_attention_mask, down_block_additional_residuals, mid_block_additional_residual,
+                 forward_upsample_size, return_dict):
         sample = self.conv_in(sample)
         attn_kwargs = dict(encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask,
                            cross_attention_kwargs=cross_attention_kwargs,

@@ -20,6 +20,7 @@ from ...blocks import (
     OutputParam,
     SequentialPipelineBlocks,
 )
+from ...components.adapters.lora import lora_scale
 from ...components.spec import ComponentSpec
 from ..common import (
     AutoControlNetDenoiseStep,
@@ -120,7 +121,9 @@ class StableDiffusionTextEncoderStep(ModularPipelineBlocks):
         return [InputParam("prompt", type_hint=list[str] | str), InputParam("negative_prompt", type_hint=list[str] | str),
                 InputParam("prompt_embeds", type_hint=torch.Tensor),
                 InputParam("negative_prompt_embeds", type_hint=torch.Tensor),
-                InputParam("clip_skip", type_hint=int), *guidance_inputs()[:1]]
+                InputParam("clip_skip", type_hint=int), *guidance_inputs()[:1],
+                InputParam("cross_attention_kwargs", type_hint=dict,
+                           description="'scale' scales LoRA adapters for this call")]
 
     @property
     def intermediate_outputs(self) -> list[OutputParam]:
@@ -129,6 +132,12 @@ class StableDiffusionTextEncoderStep(ModularPipelineBlocks):
                             description="negative text embeddings, or None when guidance is off")]
 
     def __call__(self, components, state):
+        # cross_attention_kwargs={"scale": s} scales the text encoders' LoRA for this call, as in the reference
+        scale = (state.get("cross_attention_kwargs") or {}).get("scale")
+        with lora_scale([components.text_encoder], scale):
+            return self._encode_prompts(components, state)
+
+    def _encode_prompts(self, components, state):
         bs = self.get_block_state(state)
         name = type(self).__name__
         if bs.prompt is not None and bs.prompt_embeds is not None:

@@ -20,6 +20,7 @@ from ...blocks import (
     OutputParam,
     SequentialPipelineBlocks,
 )
+from ...components.adapters.lora import lora_scale
 from ...components.models import UNet2DConditionModel
 from ...components.spec import ComponentSpec
 from ...runtime.callbacks import TensorView, attr_view, concat_view
@@ -106,7 +107,9 @@ class StableDiffusionXLTextEncoderStep(ModularPipelineBlocks):
                 InputParam("negative_prompt_embeds", type_hint=torch.Tensor),
                 InputParam("pooled_prompt_embeds", type_hint=torch.Tensor),
                 InputParam("negative_pooled_prompt_embeds", type_hint=torch.Tensor),
-                InputParam("clip_skip", type_hint=int), *guidance_inputs()[:1]]
+                InputParam("clip_skip", type_hint=int), *guidance_inputs()[:1],
+                InputParam("cross_attention_kwargs", type_hint=dict,
+                           description="'scale' scales LoRA adapters for this call")]
 
     @property
     def intermediate_outputs(self) -> list[OutputParam]:
@@ -128,6 +131,12 @@ class StableDiffusionXLTextEncoderStep(ModularPipelineBlocks):
         return torch.cat(embeds, dim=-1), pooled
 
     def __call__(self, components, state):
+        # cross_attention_kwargs={"scale": s} scales the text encoders' LoRA for this call, as in the reference
+        scale = (state.get("cross_attention_kwargs") or {}).get("scale")
+        with lora_scale([components.text_encoder, components.text_encoder_2], scale):
+            return self._encode_prompts(components, state)
+
+    def _encode_prompts(self, components, state):
         bs = self.get_block_state(state)
         name = type(self).__name__
         if bs.prompt is not None and bs.prompt_embeds is not None:
