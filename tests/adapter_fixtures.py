@@ -20,7 +20,7 @@ def allow_reference_text_encoder_lora() -> None:
 
 
 def random_lora(model: torch.nn.Module, targets: list[str], seed: int, rank: int = 4, alpha: float = 8.0,
-                std: float = 0.3):
+                std: float = 0.1):
     """(peft state dict, LoraConfig) of a random LoRA on a copy of `model` (the model itself is untouched)."""
     from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 

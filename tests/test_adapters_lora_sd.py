@@ -120,14 +120,20 @@ def test_fuse_unfuse_unload_disable(folder, files, base):
     close(our_image(ours), lora)
     ours.unfuse_lora()
     assert np.array_equal(our_image(ours), lora)
-    ref.load_lora_weights(str(files["a"]), adapter_name="a")
-    ref.fuse_lora(components=["unet", "text_encoder"], lora_scale=0.5)
-    ours.fuse_lora(lora_scale=0.5, components=["unet", "text_encoder"])
-    close(our_image(ours), ref_image(ref))
     ours.unload_lora_weights()
     assert ours.get_list_adapters() == {}
     assert np.array_equal(our_image(ours), base)
     assert not any("lora" in n for n, _ in ours.unet.named_modules())
+    # fuse at a scale, then unload: the LoRA is baked into the weights (the reference's documented workflow)
+    ref.load_lora_weights(str(files["a"]), adapter_name="a")
+    ours.load_lora_weights(str(files["a"]), adapter_name="a")
+    ref.fuse_lora(components=["unet", "text_encoder"], lora_scale=0.5)
+    ours.fuse_lora(lora_scale=0.5, components=["unet", "text_encoder"])
+    close(our_image(ours), ref_image(ref))
+    ref.unload_lora_weights()
+    ours.unload_lora_weights()
+    close(our_image(ours), ref_image(ref))
+    assert ours.get_list_adapters() == {}
 
 
 def test_delete_adapters(folder, files, base):

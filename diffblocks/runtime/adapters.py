@@ -161,6 +161,7 @@ class AdaptersMixin:
             _lora.unfuse_lora(model)
 
     def unload_lora_weights(self) -> None:
-        """Remove every LoRA from every component (the original layers come back)."""
+        """Remove every LoRA from every component (the original layers come back). Fused LoRAs stay baked into
+        the weights, as in the reference; `unfuse_lora()` first restores the exact original weights."""
         for model in self._lora_components().values():
             _lora.unload_lora(model)

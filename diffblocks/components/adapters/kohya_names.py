@@ -17,7 +17,8 @@ from torch import nn
 
 __all__ = ["flux_bfl", "sgm_names"]
 
-_SGM = re.compile(r"^(input_blocks|middle_block|output_blocks)_(\d+)_(\d+)_(.+)$")
+_SGM = re.compile(r"^(input_blocks|output_blocks)_(\d+)_(\d+)_(.+)$")
+_SGM_MID = re.compile(r"^middle_block_(\d+)_(.+)$")
 _RESNET_PARTS = {"in_layers_2": "conv1", "out_layers_3": "conv2", "emb_layers_1": "time_emb_proj",
                  "skip_connection": "conv_shortcut"}
 
@@ -28,17 +29,17 @@ def _resnet_part(rest: str) -> str:
 
 def sgm_names(flat: str, unet: nn.Module) -> str | None:
     """The diffusers module path for an SGM-named kohya UNet key stem, or None if it is not one."""
+    mid = _SGM_MID.match(flat)
+    if mid is not None:
+        index, rest = int(mid.group(1)), mid.group(2)
+        return {0: f"mid_block.resnets.0.{_resnet_part(rest)}", 1: f"mid_block.attentions.0.{rest}",
+                2: f"mid_block.resnets.1.{_resnet_part(rest)}"}.get(index)
     match = _SGM.match(flat)
     if match is None:
         return None
     kind, outer, inner, rest = match.group(1), int(match.group(2)), int(match.group(3)), match.group(4)
     layers = unet.config.layers_per_block
     layers = layers if isinstance(layers, int) else layers[0]
-    if kind == "middle_block":
-        if inner != 0:
-            return None
-        return {0: f"mid_block.resnets.0.{_resnet_part(rest)}", 1: f"mid_block.attentions.0.{rest}",
-                2: f"mid_block.resnets.1.{_resnet_part(rest)}"}.get(outer)
     if kind == "input_blocks":
         if outer == 0:
             return "conv_in" if rest in ("", "weight") else None

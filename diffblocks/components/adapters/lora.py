@@ -350,8 +350,12 @@ def unfuse_lora(model: nn.Module) -> None:
 
 
 def unload_lora(model: nn.Module) -> None:
-    """Remove every LoRA layer, putting the original modules back (fused weights are unfused first)."""
-    unfuse_lora(model)
+    """Remove every LoRA layer, putting the original modules back.
+
+    As in the reference, weights fused by `fuse_lora` stay fused (``fuse_lora(); unload_lora()`` bakes a LoRA
+    into the model); call `unfuse_lora` first to get the exact original weights back.
+    """
+    object.__setattr__(model, _FUSED_BACKUP_ATTR, None)
     for module_name, layer in list(lora_layers(model)):
         parent_name, _, child = module_name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model

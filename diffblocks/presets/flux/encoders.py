@@ -10,6 +10,7 @@ import torch
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
 from ...blocks import BlockInputError, InputParam, ModularPipelineBlocks, OutputParam
+from ...components.adapters.lora import lora_scale
 from ...components.models import AutoencoderKL
 from ...components.spec import ComponentSpec
 from ..common.utils import (
@@ -86,6 +87,8 @@ class FluxTextEncoderStep(ModularPipelineBlocks):
             InputParam("pooled_prompt_embeds", type_hint=torch.Tensor, description="precomputed CLIP pooled output"),
             InputParam("negative_prompt_embeds", type_hint=torch.Tensor),
             InputParam("negative_pooled_prompt_embeds", type_hint=torch.Tensor),
+            InputParam("joint_attention_kwargs", type_hint=dict,
+                       description="'scale' scales the text encoders' LoRA adapters for this call"),
         ]
 
     @property
@@ -131,6 +134,12 @@ class FluxTextEncoderStep(ModularPipelineBlocks):
         return self._t5_sequence(components, prompt_2, max_length, device), pooled
 
     def __call__(self, components: Any, state: Any):
+        # joint_attention_kwargs={"scale": s} scales the text encoders' LoRA for this call, as in the reference
+        scale = (state.get("joint_attention_kwargs") or {}).get("scale")
+        with lora_scale([components.text_encoder, components.text_encoder_2], scale):
+            return self._encode_prompts(components, state)
+
+    def _encode_prompts(self, components: Any, state: Any):
         bs = self.get_block_state(state)
         name = type(self).__name__
         max_length = bs.max_sequence_length
