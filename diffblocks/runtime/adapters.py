@@ -165,3 +165,63 @@ class AdaptersMixin:
         the weights, as in the reference; `unfuse_lora()` first restores the exact original weights."""
         for model in self._lora_components().values():
             _lora.unload_lora(model)
+
+    # -- textual inversion -------------------------------------------------------------------------------------------------
+    def _ti_pairs(self, tokenizer: Any, text_encoder: Any) -> list[tuple[Any, Any]]:
+        if tokenizer is not None or text_encoder is not None:
+            if tokenizer is None or text_encoder is None:
+                raise ValueError(f"{self._where()}: pass both tokenizer= and text_encoder= (or neither).")
+            return [(tokenizer, text_encoder)]
+        pairs = [(self.components.get(t), self.components.get(e))
+                 for t, e in (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))]
+        pairs = [(t, e) for t, e in pairs if t is not None and isinstance(e, nn.Module)]
+        if not pairs:
+            raise ValueError(f"{self._where()}: textual inversion needs a loaded tokenizer and text_encoder.")
+        return pairs
+
+    def load_textual_inversion(self, path_repo_or_dict: Any, token: str | None = None, tokenizer: Any = None,
+                               text_encoder: Any = None, weight_name: str | None = None, subfolder: str | None = None,
+                               **kwargs: Any) -> list[str]:
+        """Add a textual-inversion embedding (diffusers ``{token: tensor}``, A1111 ``string_to_param`` /
+        ``emb_params``, SDXL ``clip_l`` / ``clip_g``) to the tokenizer and text encoder; returns the added tokens.
+
+        Without `tokenizer` / `text_encoder` the pipeline's are used (SDXL files fill both encoders)."""
+        from ..components.adapters import textual_inversion as ti
+
+        if kwargs:
+            raise TypeError(f"{self._where()}.load_textual_inversion: unexpected arguments {sorted(kwargs)}.")
+        if torch.is_tensor(path_repo_or_dict):
+            state, source = path_repo_or_dict, "the given tensor"
+        else:
+            state, _, source = load_adapter_file(path_repo_or_dict, weight_name, subfolder,
+                                                 default_names=ti.TI_WEIGHT_NAMES)
+        found = ti.embeddings_from_state_dict(state, token, source)
+        pairs = self._ti_pairs(tokenizer, text_encoder)
+        if isinstance(found, dict):  # SDXL: clip_l -> first encoder, clip_g -> second
+            if token is None:
+                raise AdapterFileError(f"{source}: an SDXL (clip_l/clip_g) embedding needs token='<name>'.")
+            if tokenizer is not None:
+                raise ValueError(f"{source}: holds clip_l and clip_g; pass state_dict['clip_l'] or ['clip_g'] "
+                                 f"with an explicit tokenizer/text_encoder, or neither.")
+            if len(pairs) != 2:
+                raise AdapterFileError(f"{source}: an SDXL embedding (clip_l/clip_g) needs two text encoders; "
+                                       f"{self._where()} has {len(pairs)}.")
+            assignments = [(pairs[0], found["clip_l"]), (pairs[1], found["clip_g"])]
+            name = token
+        else:
+            name, embedding = found
+            assignments = [(pairs[0], embedding)]
+        added: list[str] = []
+        for (tok, enc), embedding in assignments:
+            added = ti.add_embeddings(tok, enc, name, embedding, source)
+        return added
+
+    def unload_textual_inversion(self, tokens: str | Sequence[str] | None = None, tokenizer: Any = None,
+                                 text_encoder: Any = None) -> None:
+        """Remove textual-inversion tokens (all by default) from the tokenizer(s) and text encoder(s)."""
+        from ..components.adapters import textual_inversion as ti
+
+        names = [tokens] if isinstance(tokens, str) else (list(tokens) if tokens is not None else None)
+        for tok, enc in self._ti_pairs(tokenizer, text_encoder):
+            loaded = list(getattr(enc, "_diffblocks_ti_tokens", None) or {})
+            ti.remove_embeddings(tok, enc, None if names is None else [n for n in names if n in loaded])

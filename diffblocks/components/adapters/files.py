@@ -40,11 +40,11 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
-        from ..modeling import read_safetensors
+        from ..state_dict import load_state_dict
 
         with safe_open(str(path), framework="pt") as f:
             metadata = dict(f.metadata() or {})
-        return read_safetensors(path), metadata
+        return load_state_dict(path), metadata
     if path.suffix in (".bin", ".pt", ".pth", ".ckpt"):
         try:
             data = torch.load(str(path), map_location="cpu", weights_only=True)

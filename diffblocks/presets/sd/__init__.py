@@ -21,6 +21,7 @@ from ...blocks import (
     SequentialPipelineBlocks,
 )
 from ...components.adapters.lora import lora_scale
+from ...components.adapters.textual_inversion import expand_prompts
 from ...components.spec import ComponentSpec
 from ..common import (
     AutoControlNetDenoiseStep,
@@ -88,6 +89,7 @@ def match_negative(block: str, negative: list[str] | None, batch: int) -> list[s
 def encode_clip(tokenizer, text_encoder, prompts: list[str], clip_skip: int | None = None,
                 max_length: int | None = None) -> torch.Tensor:
     """SD 1.x/2.x text embeddings: last hidden state, or the `clip_skip`-th from the end through the final norm."""
+    prompts = expand_prompts(tokenizer, prompts)  # multi-vector textual-inversion tokens
     ids = tokenizer(prompts, padding="max_length", max_length=max_length or tokenizer.model_max_length,
                     truncation=True, return_tensors="pt").input_ids
     device = next(text_encoder.parameters()).device

@@ -21,6 +21,7 @@ from ...blocks import (
     SequentialPipelineBlocks,
 )
 from ...components.adapters.lora import lora_scale
+from ...components.adapters.textual_inversion import expand_prompts
 from ...components.models import UNet2DConditionModel
 from ...components.spec import ComponentSpec
 from ...runtime.callbacks import TensorView, attr_view, concat_view
@@ -122,6 +123,7 @@ class StableDiffusionXLTextEncoderStep(ModularPipelineBlocks):
     def _encode(pairs, prompts_per_encoder, clip_skip, max_length=None):
         embeds, pooled = [], None
         for (tokenizer, encoder), prompts in zip(pairs, prompts_per_encoder):
+            prompts = expand_prompts(tokenizer, prompts)  # multi-vector textual-inversion tokens
             ids = tokenizer(prompts, padding="max_length", max_length=max_length or tokenizer.model_max_length,
                             truncation=True, return_tensors="pt").input_ids
             out = encoder(ids.to(next(encoder.parameters()).device), output_hidden_states=True)
