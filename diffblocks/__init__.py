@@ -48,6 +48,7 @@ _EXPORTS: dict[str, str] = {
     "FluxTransformer2DModel": "diffblocks.components.models",
     "ModelMixin": "diffblocks.components.modeling",
     "CheckpointError": "diffblocks.components.modeling",
+    "AdapterFileError": "diffblocks.components.adapters",
     "load_state_dict": "diffblocks.components.state_dict",
     # schedulers
     "DDIMScheduler": "diffblocks.components.schedulers",

@@ -37,8 +37,11 @@ def lora_state_dict(components: dict[str, nn.Module], adapter_name: str | None =
             name = active[0] if active else names[0]
         if name not in names:
             continue
+        # transformers 5 flattened CLIPTextModel; files keep the classic `text_model.` path every loader reads
+        inner = "text_model." if type(model).__name__.startswith("CLIPTextModel") and \
+            not hasattr(model, "text_model") else ""
         for key, tensor in _lora.get_lora_state_dict(model, name).items():
-            state[f"{prefix}.{key}"] = tensor.detach().to("cpu").contiguous()
+            state[f"{prefix}.{inner}{key}"] = tensor.detach().to("cpu").contiguous()
         for key, value in _lora.lora_config_metadata(model, name).items():
             metadata[f"{prefix}.{key}"] = value
     if not state:
