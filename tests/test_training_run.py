@@ -172,3 +172,18 @@ def test_validation_images_come_from_our_pipeline(base, data, tmp_path):
     from PIL import Image
 
     assert np.array_equal(np.asarray(Image.open(result.validation_images[-1])), np.asarray(image))
+
+
+def test_mixed_precision_bf16_then_fp32_in_one_process(base, data, tmp_path):
+    import torch
+
+    trainer = Trainer(fast_config(base, data, tmp_path / "bf16", mixed_precision="bf16", max_train_steps=1))
+    trainer.setup()
+    assert trainer.models.vae.dtype == torch.bfloat16  # frozen weights in the compute dtype
+    assert all(p.dtype == torch.float32 for p in trainer.models.unet.parameters())  # trained ones fp32
+    result = trainer.run()
+    assert np.isfinite(result.losses).all()
+    assert unet_weights(tmp_path / "bf16")["conv_in.weight"].dtype == torch.float32
+    again = Trainer(fast_config(base, data, tmp_path / "fp32", max_train_steps=1))
+    again.setup()
+    assert again.accelerator.mixed_precision == "no" and again.models.vae.dtype == torch.float32

@@ -117,6 +117,16 @@ def _optimizer(config: TrainingConfig, params: list[torch.nn.Parameter], lr: flo
                eps=config.adam_epsilon)
 
 
+def _release_accelerate_state() -> None:
+    # accelerate keeps one process-wide AcceleratorState: without this a second run in the same Python process
+    # (e.g. bf16 then fp32) would silently inherit the first run's mixed precision. The PartialState (process
+    # group, device) stays.
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+
+
 def _set_sync(accelerator, sync: bool) -> None:
     # accelerate's `accumulate` counts micro-batches across epochs; we sync at each epoch end as well, like a
     # prepared dataloader does, so the data position of a checkpoint is always an epoch + batch index.
@@ -306,6 +316,7 @@ class Trainer:
         self.save_outputs(out)
         result.global_step = global_step
         acc.end_training()
+        _release_accelerate_state()
         return result
 
     # -- outputs -----------------------------------------------------------------------------------------------
