@@ -1,5 +1,6 @@
-"""Generation across processes: `diffblocks generate --prompts-file` under torchrun (2 CPU processes, gloo),
-and docs/distributed.md's two examples (Accelerate's split_between_processes, torch.distributed + mp.spawn).
+"""Generation across processes: `diffblocks generate --prompts-file` under torchrun and accelerate launch (2 CPU
+processes, gloo), and docs/distributed.md's two examples (Accelerate's split_between_processes, torch.distributed
++ mp.spawn).
 
 Every image drawn by two processes must equal the single-process Python API result for the same prompt and
 seed; a process that dies must leave a summary naming the prompts it lost.
@@ -64,6 +65,14 @@ def _env() -> dict[str, str]:
 
 def _torchrun(*args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+
+
+def _accelerate_launch(*args: str) -> list[str]:
+    """`accelerate launch` with 2 processes; --multi_gpu starts its torch.distributed launcher, which also starts
+    CPU processes on a machine without GPUs."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(_free_port()), *args]
 
 
 def _run(cmd: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -182,8 +191,8 @@ def test_killed_process_reports_lost_prompts(sd15, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
     out = tmp_path / "out"
-    launcher = subprocess.Popen(
-        _torchrun("-m", "diffblocks", "generate", "--model", str(sd15), "--prompts-file", str(prompts),
+    launcher = subprocess.Popen(  # under `accelerate launch` (the other test uses torchrun)
+        _accelerate_launch("-m", "diffblocks", "generate", "--model", str(sd15), "--prompts-file", str(prompts),
                   "--out-dir", str(out), "--steps", "2", "--quiet"),
         cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log = out / ".ranks" / "rank-00001.jsonl"
@@ -235,7 +244,7 @@ def test_doc_has_both_examples():
 
 def test_doc_accelerate_example_two_processes(sd15, tmp_path):
     script = _example("run_accelerate.py", sd15, tmp_path)
-    result = _run(_torchrun(str(script)), tmp_path)
+    result = _run(_accelerate_launch(str(script)), tmp_path)  # the doc's launcher
     assert result.returncode == 0, result.stderr[-4000:]
     # one prompt per process: each wrote its own file (without a process group both would be process 0)
     first, second = _pixels(tmp_path / "result_0.png"), _pixels(tmp_path / "result_1.png")
