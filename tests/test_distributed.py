@@ -8,6 +8,7 @@ seed; a process that dies must leave a summary naming the prompts it lost.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -75,8 +76,32 @@ def _accelerate_launch(*args: str) -> list[str]:
             "--main_process_port", str(_free_port()), *args]
 
 
-def _run(cmd: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+TIMEOUT = 600  # seconds; generous because the CI machines are shared, but a hang still ends
+
+
+def _launch(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start a launcher in its own session, so `_stop` can end it together with every worker it started
+    (killing only the launcher would leave its workers waiting forever for the rendezvous)."""
+    return subprocess.Popen(cmd, cwd=cwd, env=env or _env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    process = _launch(cmd, cwd, env)
+    try:
+        output, _ = process.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        _stop(process)
+        pytest.fail(f"{' '.join(cmd[:6])} ... did not finish within {TIMEOUT} s")
+    finally:
+        _stop(process)  # workers a failed launcher left behind
+    return subprocess.CompletedProcess(cmd, process.returncode, output, output)
 
 
 def _pixels(path: Path) -> np.ndarray:
@@ -133,7 +158,7 @@ def test_two_processes_match_single_process(sd15, pipe, tmp_path):
     out = tmp_path / "out"
     result = _run(_torchrun("-m", "diffblocks", "generate", "--model", str(sd15), "--prompts-file", str(prompts),
                             "--out-dir", str(out), "--steps", "2", "--seed", "3", "--quiet"), tmp_path)
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.returncode == 0, result.stdout[-4000:]
     assert "Wrote 5 of 5 image(s) with 2 process(es)" in result.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] and summary["world_size"] == 2 and not summary["lost"]
@@ -191,23 +216,21 @@ def test_killed_process_reports_lost_prompts(sd15, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
     out = tmp_path / "out"
-    launcher = subprocess.Popen(  # under `accelerate launch` (the other test uses torchrun)
+    launcher = _launch(  # under `accelerate launch` (the other test uses torchrun)
         _accelerate_launch("-m", "diffblocks", "generate", "--model", str(sd15), "--prompts-file", str(prompts),
-                  "--out-dir", str(out), "--steps", "2", "--quiet"),
-        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                           "--out-dir", str(out), "--steps", "2", "--quiet"), tmp_path)
     log = out / ".ranks" / "rank-00001.jsonl"
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + TIMEOUT
         while not (log.is_file() and log.read_text().strip()):
             assert launcher.poll() is None and time.monotonic() < deadline, "rank 1 never started"
             time.sleep(0.05)
         start = json.loads(log.read_text().splitlines()[0])
         assert start["event"] == "start" and start["images"] == [[3, 0], [4, 0]]
         os.kill(start["pid"], signal.SIGKILL)  # as the out-of-memory killer would
-        output, _ = launcher.communicate(timeout=120)
+        output, _ = launcher.communicate(timeout=TIMEOUT)
     finally:
-        if launcher.poll() is None:
-            launcher.kill()
+        _stop(launcher)
     assert launcher.returncode != 0
     summary = json.loads((out / "summary.json").read_text())
     assert not summary["complete"] and summary["world_size"] == 2
@@ -245,7 +268,7 @@ def test_doc_has_both_examples():
 def test_doc_accelerate_example_two_processes(sd15, tmp_path):
     script = _example("run_accelerate.py", sd15, tmp_path)
     result = _run(_accelerate_launch(str(script)), tmp_path)  # the doc's launcher
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.returncode == 0, result.stdout[-4000:]
     # one prompt per process: each wrote its own file (without a process group both would be process 0)
     first, second = _pixels(tmp_path / "result_0.png"), _pixels(tmp_path / "result_1.png")
     assert first.shape == second.shape == (32, 32, 3) and not np.array_equal(first, second)
@@ -253,10 +276,8 @@ def test_doc_accelerate_example_two_processes(sd15, tmp_path):
 
 def test_doc_spawn_example_two_processes(sd15, tmp_path):
     script = _example("run_spawn.py", sd15, tmp_path)
-    env_port = str(_free_port())
-    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env={**_env(), "MASTER_PORT": env_port},
-                            capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stderr[-4000:]
+    result = _run([sys.executable, str(script)], tmp_path, env={**_env(), "MASTER_PORT": str(_free_port())})
+    assert result.returncode == 0, result.stdout[-4000:]
     dog, cat = _pixels(tmp_path / "a_dog.png"), _pixels(tmp_path / "a_cat.png")
     assert dog.shape == cat.shape == (32, 32, 3) and not np.array_equal(dog, cat)
 
