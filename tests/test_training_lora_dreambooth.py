@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -32,26 +30,6 @@ def _ours(folder) -> ModularPipeline:
     return pipe
 
 
-def _with_lora_via_peft(pipe, path):
-    """Our pipeline with the LoRA file applied by peft from its own metadata (what an adapter loader does)."""
-    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(path))
-    with safe_open(str(path), "pt") as f:
-        meta = json.loads(f.metadata()["lora_adapter_metadata"])
-    for prefix in ("unet", "text_encoder"):
-        config = {k[len(prefix) + 1:]: v for k, v in meta.items() if k.startswith(prefix + ".")}
-        state = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-        model = getattr(pipe, prefix)
-        if not hasattr(model, "text_model"):  # flattened CLIPTextModel (transformers 5)
-            state = {k.removeprefix("text_model."): v for k, v in state.items()}
-        fields = {k: v for k, v in config.items() if k in ("r", "lora_alpha", "target_modules", "lora_dropout")}
-        inject_adapter_in_model(LoraConfig(**fields), model)
-        result = set_peft_model_state_dict(model, state)
-        assert not result.unexpected_keys, result.unexpected_keys
-
-
 def test_lora_file_loads_in_the_reference_and_matches_ours(base, tmp_path):
     data = captioned_folder(tmp_path / "data", n=2)
     out = tmp_path / "lora"
@@ -72,7 +50,7 @@ def test_lora_file_loads_in_the_reference_and_matches_ours(base, tmp_path):
     ref.load_lora_weights(str(out))
     expected = ref(**KW, generator=torch.Generator().manual_seed(0), output_type="np").images
     ours = _ours(base)
-    _with_lora_via_peft(ours, path)
+    ours.load_lora_weights(str(out))  # diffblocks' own loader
     got = ours(**KW, generator=torch.Generator().manual_seed(0), output_type="np", output="images")
     assert np.abs(np.asarray(got) - expected).max() <= 1e-4
     assert np.abs(expected - ref_base).max() > 1e-4  # the adapters change the image
