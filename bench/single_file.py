@@ -2,11 +2,11 @@
 
 A full-size-config SD 1.5 UNet (random weights) is written once as an LDM-layout `.safetensors` file (fp16, 1.7 GB).
 Each measurement is a fresh subprocess (one thread) that imports its library, loads the UNet from the file
-(fp16, config from a folder holding the published SD 1.5 UNet config) and reports its wall time and peak RSS
+(fp16 or, with `--dtype float32`, cast while loading; config from a folder holding the published SD 1.5 UNet config) and reports its wall time and peak RSS
 (`VmHWM`); an import-only subprocess gives the baseline RSS to subtract. Runs are interleaved,
 ours / reference, and the median and spread are printed.
 
-    PYTHONPATH=. python bench/single_file.py [--rounds 3] [--workdir /tmp/db-single-file]
+    PYTHONPATH=. python bench/single_file.py [--rounds 3] [--dtype float16|float32] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -25,29 +25,36 @@ sys.path.insert(0, str(ROOT / "tests"))
 CHILD = {
     "ours": """
         from diffblocks import UNet2DConditionModel as M
-        model = M.from_single_file(FILE, config=CONFIG, torch_dtype=torch.float16)
+        model = M.from_single_file(FILE, config=CONFIG, torch_dtype=DTYPE)
     """,
     "reference": """
         from diffusers import UNet2DConditionModel as M
-        model = M.from_single_file(FILE, config=CONFIG, subfolder="unet", torch_dtype=torch.float16)
+        model = M.from_single_file(FILE, config=CONFIG, subfolder="unet", torch_dtype=DTYPE)
     """,
     "import-ours": "from diffblocks import UNet2DConditionModel as M; model = None",
     "import-reference": "from diffusers import UNet2DConditionModel as M; model = None",
 }
 
 
-def _child(kind: str, file: Path, config: Path) -> dict:
+def _child(kind: str, file: Path, config: Path, dtype: str) -> dict:
     code = textwrap.dedent(f"""
         import json, time, torch
         torch.set_num_threads(1)
-        FILE, CONFIG = {str(file)!r}, {str(config)!r}
+        FILE, CONFIG, DTYPE = {str(file)!r}, {str(config)!r}, getattr(torch, {dtype!r})
         start = time.perf_counter()
     """) + textwrap.dedent(CHILD[kind]) + textwrap.dedent("""
         elapsed = time.perf_counter() - start
-        params = sum(p.numel() for p in model.parameters()) if model is not None else 0
-        # VmHWM: this process's peak resident set (ru_maxrss would carry the parent's peak across exec)
-        hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
-        print(json.dumps({"seconds": elapsed, "peak_rss_gb": hwm / 2**20, "params": params}))
+
+        def hwm():  # this process's peak resident set (ru_maxrss would carry the parent's peak across exec)
+            return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 2**20
+
+        after_load = hwm()
+        params = 0
+        if model is not None:  # touch every weight, as inference or .to(device) would (mmap views are read now)
+            for p in model.parameters():
+                params += p.numel()
+                float(p.detach().sum())  # reads every element
+        print(json.dumps({"seconds": elapsed, "peak_rss_gb": after_load, "peak_rss_used_gb": hwm(), "params": params}))
     """)
     env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=str(ROOT))
@@ -82,28 +89,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workdir", default="/tmp/db-single-file")
+    parser.add_argument("--dtype", choices=["float16", "float32"], default="float16",
+                        help="load dtype (the file is fp16: float32 casts every tensor while loading)")
     args = parser.parse_args()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     file, config = _write_file(workdir)
-    print(f"file: {file} ({file.stat().st_size / 2**30:.2f} GiB, fp16 LDM layout), loaded as fp16")
-    base = {k: _child(f"import-{k}", file, config)["peak_rss_gb"] for k in ("ours", "reference")}
+    print(f"file: {file} ({file.stat().st_size / 2**30:.2f} GiB, fp16 LDM layout), loaded as {args.dtype}")
+    base = {k: _child(f"import-{k}", file, config, args.dtype)["peak_rss_gb"] for k in ("ours", "reference")}
     runs: dict[str, list[dict]] = {"ours": [], "reference": []}
     for _ in range(args.rounds):
         for kind in ("ours", "reference"):
-            runs[kind].append(_child(kind, file, config))
+            runs[kind].append(_child(kind, file, config, args.dtype))
     assert runs["ours"][0]["params"] == runs["reference"][0]["params"]
-    print(f"{'':10} {'time s (median, min-max)':>28} {'peak RSS GiB (median)':>22} {'above import':>13}")
+    print("peak RSS in GiB above the import-only baseline, medians; 'after use' = after every weight was read")
+    print(f"{'':10} {'load time s (median, min-max)':>30} {'RSS after load':>15} {'RSS after use':>14}")
+    med = {}
     for kind, values in runs.items():
         times = [v["seconds"] for v in values]
-        rss = [v["peak_rss_gb"] for v in values]
-        print(f"{kind:10} {statistics.median(times):>10.2f} ({min(times):.2f}-{max(times):.2f}) {'':8}"
-              f"{statistics.median(rss):>14.2f} {statistics.median(rss) - base[kind]:>13.2f}")
-    ratio_t = statistics.median(v["seconds"] for v in runs["ours"]) / statistics.median(v["seconds"] for v in runs["reference"])
-    extra_o = statistics.median(v["peak_rss_gb"] for v in runs["ours"]) - base["ours"]
-    extra_r = statistics.median(v["peak_rss_gb"] for v in runs["reference"]) - base["reference"]
-    print(f"ours / reference: time {ratio_t:.2f}x, peak RSS above import {extra_o / extra_r:.2f}x "
-          f"(weights: {runs['ours'][0]['params'] * 2 / 2**30:.2f} GiB)")
+        med[kind] = (statistics.median(times), statistics.median(v["peak_rss_gb"] for v in values) - base[kind],
+                     statistics.median(v["peak_rss_used_gb"] for v in values) - base[kind])
+        print(f"{kind:10} {med[kind][0]:>12.2f} ({min(times):.2f}-{max(times):.2f}) {'':8}"
+              f"{med[kind][1]:>15.2f} {med[kind][2]:>14.2f}")
+    print(f"ours / reference: load time {med['ours'][0] / med['reference'][0]:.2f}x, peak RSS after use "
+          f"{med['ours'][2] / med['reference'][2]:.2f}x (weights: {runs['ours'][0]['params'] * (2 if args.dtype == 'float16' else 4) / 2**30:.2f} GiB)")
 
 
 if __name__ == "__main__":

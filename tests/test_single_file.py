@@ -100,6 +100,15 @@ def test_controlnet_file_matches_reference(made):
                   diffusers.ControlNetModel.from_pretrained(str(folders["controlnet"])), "controlnet [8, 16]")
 
 
+def test_diffusers_named_controlnet_file(made, tmp_path):
+    folders, _, _ = made
+    source = folders["controlnet"] / "diffusion_pytorch_model.safetensors"
+    path = tmp_path / "controlnet-xl-style.safetensors"
+    path.write_bytes(source.read_bytes())
+    _same_tensors(ControlNetModel.from_single_file(path, config=folders["controlnet"]),
+                  diffusers.ControlNetModel.from_pretrained(str(folders["controlnet"])), "diffusers-named controlnet")
+
+
 @pytest.mark.parametrize("which", ["flux", "flux-prefixed"])
 def test_flux_file_matches_folder(made, which):
     folders, files, _ = made
@@ -241,9 +250,9 @@ def test_truncated_file(made, tmp_path):
     data = files["sd15"].read_bytes()
     path = tmp_path / "truncated.safetensors"
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="not a complete safetensors file"):
+    with pytest.raises(CheckpointError, match="not a valid safetensors file"):
         ModularPipeline.from_single_file(path)
-    with pytest.raises(CheckpointError, match="not a complete safetensors file"):
+    with pytest.raises(CheckpointError, match="not a valid safetensors file"):
         UNet2DConditionModel.from_single_file(path)
 
 

@@ -12,7 +12,8 @@ structural checks that also hold for small test models:
   (`cond_stage_model.transformer.*`). A 9-channel `conv_in` is an inpainting UNet.
 * SD 2.x: like the reference, a file is taken as the 768-v model (v-prediction, upcast attention) unless it records
   `global_step` 875000 (the 512 base model); pass `prediction_type="epsilon"` for a 2.x base checkpoint.
-* ControlNet (LDM layout): `input_hint_block.0.weight`, under `control_model.` or at the top level.
+* ControlNet (LDM layout): `input_hint_block.0.weight`, under `control_model.` or at the top level; a ControlNet
+  file already in diffusers names (`controlnet_cond_embedding.conv_in.weight`, how SDXL ControlNets ship) loads as is.
 * A LoRA file (keys with `lora_up` / `lora_down` / `lora_A` / `lora_B`) is refused with how to load it instead.
 """
 
@@ -222,6 +223,8 @@ def detect(f: SingleFile) -> Detected:
     for prefix in ("control_model.", ""):
         if prefix + "input_hint_block.0.weight" in f:
             return Detected(FAMILIES["controlnet"], {"controlnet": ("ldm", prefix)})
+    if "controlnet_cond_embedding.conv_in.weight" in f:  # ControlNets (SDXL ones mostly) shipped in diffusers names
+        return Detected(FAMILIES["controlnet"], {"controlnet": ("diffusers", "")})
     for prefix in ("", *VAE_PREFIXES):
         if prefix + "encoder.down.0.block.0.conv1.weight" in f:
             return Detected(FAMILIES["vae"], {"vae": ("ldm", prefix)})

@@ -1,9 +1,10 @@
 """Lazy access to one `.safetensors` checkpoint file: header first, then tensor by tensor (or row range).
 
-The `safetensors` library validates the header (size, dtypes, offsets covering the data section exactly) when
-the file is opened, so a truncated or corrupt file is refused before any tensor is read. Tensors are read
-through its memory map one at a time; the map is reopened every `_WINDOW_BYTES` of data read so the pages
-already converted leave the process, and a conversion never holds two full copies of the weights.
+Opening goes through the checkpoint reader of `components.state_dict` (the `safetensors` library validates the
+header, dtypes and offsets, so a truncated or corrupt file is refused before any tensor is read). Tensors, or
+row ranges of them, are read through its memory map one at a time into fresh storage; the map is reopened every
+`_WINDOW_BYTES` of data read so the pages already converted leave the process, and a conversion never holds two
+full copies of the weights.
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ from pathlib import Path
 
 import torch
 
-from ..modeling import CheckpointError
+from ..state_dict import _WINDOW_BYTES, CheckpointError, _open
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["SingleFile"]
 
-_WINDOW_BYTES = 256 * 2**20
 _PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
@@ -40,24 +40,12 @@ class SingleFile:
                 f"{self.path} is a pickled checkpoint ({self.path.suffix}); only .safetensors single files are read "
                 "(unpickling can run code). Convert it to safetensors with a tool you trust first."
             )
-        self._handle = self._open()
+        self._handle = _open(self.path)
         self.keys: list[str] = list(self._handle.keys())
         self._key_set = set(self.keys)
         self.metadata: dict[str, str] = dict(self._handle.metadata() or {})
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._read_since_open = 0
-
-    def _open(self):
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            return safe_open(str(self.path), framework="pt", device="cpu")
-        except SafetensorError as exc:
-            size = self.path.stat().st_size
-            raise CheckpointError(
-                f"{self.path} is not a complete safetensors file ({size} bytes; truncated, corrupt or another "
-                f"format): {exc}. Download or save it again."
-            ) from None
 
     def __contains__(self, key: str) -> bool:
         return key in self._key_set
@@ -84,7 +72,7 @@ class SingleFile:
         if self._read_since_open >= _WINDOW_BYTES:
             # every tensor read so far is a copy: reopening unmaps the pages read, so they leave the process
             self._handle.__exit__(None, None, None)
-            self._handle = self._open()
+            self._handle = _open(self.path)
             self._read_since_open = 0
         return tensor
 

@@ -74,6 +74,7 @@ def load_text_encoder(f: SingleFile, layout: str, prefix: str, cls: type, config
     plan = clip_plan(shapes, prefix) if layout == "clip" else openclip_plan(shapes, prefix, config.hidden_size)
     used = load_into(model, f, plan, torch_dtype or torch.get_default_dtype(), name,
                      hint="Pass config= a folder whose text encoder config matches this file.")
-    # persistent buffers a file does not carry (position ids) are rebuilt by transformers at init on the real device
+    if torch_dtype is not None:
+        model.to(torch_dtype)
     model.eval()
     return model, used
