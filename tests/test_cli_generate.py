@@ -172,3 +172,30 @@ def test_inspect_mermaid_and_json_formats(capsys):
     assert capsys.readouterr().out.startswith("flowchart LR")
     assert main(["inspect", "toy", "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)
+
+
+def test_generate_lora_with_scale_matches_the_python_api(folders, tmp_path, capsys):
+    import diffusers
+    from adapter_fixtures import write_reference_lora
+
+    reference = diffusers.StableDiffusionPipeline.from_pretrained(str(folders["sd15"]))
+    lora = write_reference_lora(reference, tmp_path / "lora", seed=1, text_encoders=False)  # written by the reference
+    out = tmp_path / "lora.png"
+    assert main(["generate", "--model", str(folders["sd15"]), "--prompt", "a cat", "--steps", "2", "--seed", "3",
+                 "--lora", f"{lora}:0.5", "--out", str(out), "--quiet"]) == 0
+    pipe = ModularPipeline.from_pretrained(str(folders["sd15"]))
+    pipe.load_components(torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+
+    def draw():
+        return np.asarray(pipe(prompt="a cat", num_inference_steps=2, generator=torch.Generator().manual_seed(3),
+                               output="images")[0])
+
+    plain = draw()
+    pipe.set_adapters([pipe.load_lora_weights(str(lora))], adapter_weights=[0.5])
+    with Image.open(out) as image:
+        got = np.asarray(image)
+        text = dict(image.text)
+    assert np.array_equal(got, draw()) and not np.array_equal(got, plain)
+    assert json.loads(text["diffblocks"])["loras"] == [{"path": str(lora), "scale": 0.5}]
+    assert parse_a1111(text["parameters"])[2]["Lora"] == "pytorch_lora_weights:0.5"

@@ -65,7 +65,8 @@ def _record(args: argparse.Namespace, pipe: Any, recorded: dict[str, Any], seed:
         "scheduler": type(scheduler).__name__ if scheduler is not None else None,
         "sampler": pipeline_options.sampler_name(scheduler) if scheduler is not None else None,
         "karras": bool(getattr(getattr(scheduler, "config", None), "use_karras_sigmas", False)),
-        "guidance_scale": guidance, "strength": recorded.get("strength"), "controlnet": args.controlnet, "call": call,
+        "guidance_scale": guidance, "strength": recorded.get("strength"), "controlnet": args.controlnet,
+        "loras": [{"path": path, "scale": scale} for path, scale in (args.lora or [])], "call": call,
     }
 
 
@@ -79,7 +80,7 @@ def _generate(args: argparse.Namespace) -> int:
     kwargs, recorded = _call_kwargs(args, seed)
     if args.prompts_file is not None:
         args.seed = seed
-        if any(getattr(args, n) for n in ("device", "dtype", "scheduler", "karras", "controlnet")):
+        if any(getattr(args, n) for n in ("device", "dtype", "scheduler", "karras", "controlnet", "lora")):
             def loader(device: Any) -> Any:
                 return pipeline_options.load_pipeline(
                     args, str(device), pipeline_options.resolve_dtype(args.dtype, str(device)))

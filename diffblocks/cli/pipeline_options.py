@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["DTYPES", "SCHEDULERS", "SchedulerChoice", "add_arguments", "load_pipeline", "resolve_device",
-           "resolve_dtype", "sampler_name"]
+           "parse_lora", "resolve_dtype", "sampler_name"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ControlNet folder or Hub repo (diffusers format); needs --control-image (default: none)")
     parser.add_argument("--control-image", dest="control_image", metavar="FILE", default=None,
                         help="conditioning image for --controlnet, e.g. an edge map (default: none)")
+    parser.add_argument("--lora", action="append", metavar="PATH[:SCALE]", default=None, type=parse_lora,
+                        help="LoRA file, folder or Hub repo (diffusers/peft or kohya layout) with an optional scale; "
+                             "repeat for several (default: none; scale 1.0)")
+
+
+def parse_lora(value: str) -> tuple[str, float]:
+    """`PATH[:SCALE]` -> (path, scale); a Windows drive letter or a colon in a name is not a scale."""
+    path, sep, scale = value.rpartition(":")
+    if sep and path:
+        try:
+            return path, float(scale)
+        except ValueError:
+            pass
+    return value, 1.0
 
 
 def resolve_device(requested: str | None) -> str:
@@ -144,4 +158,7 @@ def load_pipeline(args: argparse.Namespace, device: str, dtype: Any) -> Any:
         from ..components.models import ControlNetModel
 
         pipe.update_components(controlnet=ControlNetModel.from_pretrained(args.controlnet, torch_dtype=dtype))
+    if args.lora:
+        names = [pipe.load_lora_weights(path, adapter_name=f"lora_{i}") for i, (path, _) in enumerate(args.lora)]
+        pipe.set_adapters(names, adapter_weights=[scale for _, scale in args.lora])
     return pipe.to(device)

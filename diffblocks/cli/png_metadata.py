@@ -40,6 +40,9 @@ def a1111_parameters(record: dict[str, Any], size: tuple[int, int]) -> str:
         fields.append(("Clip skip", int(call["clip_skip"]) + 1))  # A1111 counts the last layer as 1
     if record.get("controlnet"):
         fields.append(("ControlNet", Path(record["controlnet"]).name))
+    if record.get("loras"):  # no commas: A1111 readers split the line on ", "
+        fields.append(("Lora", " ".join(f"{Path(lora['path']).stem}:{_number(lora['scale'])}"
+                                        for lora in record["loras"])))
     fields.append(("Version", f"diffblocks {record.get('version')}"))
     lines.append(", ".join(f"{key}: {value}" for key, value in fields if value is not None))
     return "\n".join(lines)
