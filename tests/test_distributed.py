@@ -212,6 +212,20 @@ def test_cli_prompts_file_argument_errors(sd15, tmp_path):
               "--out-dir", str(tmp_path)])
 
 
+def test_cli_single_process_with_pipeline_options(sd15, pipe, tmp_path):
+    from diffblocks.cli import main
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red cat\na dog\n")
+    out = tmp_path / "out"
+    assert main(["generate", "--model", str(sd15), "--prompts-file", str(prompts), "--out-dir", str(out), "--steps",
+                 "2", "--seed", "4", "--device", "cpu", "--dtype", "fp32", "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] and summary["world_size"] == 1
+    for entry in summary["images"]:
+        assert np.array_equal(_pixels(out / entry["file"]), _expected(pipe, entry["prompt"], image_seed(4, entry["index"], 0)))
+
+
 def test_killed_process_reports_lost_prompts(sd15, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")

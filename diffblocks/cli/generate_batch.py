@@ -28,8 +28,11 @@ def run(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
     if not args.out_dir:
         raise SystemExit("diffblocks generate: --prompts-file needs --out-dir (where the images and summary.json go)")
     model = getattr(args, "model_loader", None) or args.model  # a loader when pipeline options are given
+    # --device picks the kind of device (and with it the process group: gloo for cpu); each rank still
+    # takes its own GPU under a launcher
     result = generate_batch(model, args.prompts_file, args.out_dir, images_per_prompt=args.images_per_prompt,
-                            seed=args.seed, call_kwargs=kwargs, progress=not args.quiet)
+                            seed=args.seed, call_kwargs=kwargs, device=getattr(args, "device", None),
+                            progress=not args.quiet)
     summary = result.summary
     if summary is not None:
         print(f"Wrote {len(summary['images'])} of {summary['num_images']} image(s) with {result.world_size} "
