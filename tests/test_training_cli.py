@@ -57,10 +57,12 @@ def test_torchrun_two_cpu_processes_write_one_output(base, data, tmp_path):
            "--master_port", str(port),
            "-m", "diffblocks", *_args(base, data, out, "--checkpointing_steps", "2", "--lr_scheduler", "cosine",
                                       "--lr_warmup_steps", "1")]
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    from test_distributed import _run  # own session, every rank killed on timeout (no orphaned workers)
+
+    proc = _run(cmd, ROOT, _env())  # stdout and stderr merged
+    assert proc.returncode == 0, proc.stdout[-3000:]
     assert proc.stdout.count("Trained 2 steps") == 2  # both ranks finished
-    log = proc.stderr
+    log = proc.stdout
     assert log.count("Saved the fine-tuned model") == 1  # only the main process wrote it
     ckpt = out / "checkpoint-2"
     assert {p.name for p in ckpt.glob("generator_*")} == {"generator_0.safetensors", "generator_1.safetensors"}
