@@ -286,3 +286,13 @@ def test_pickled_checkpoint_is_refused(tmp_path):
     path.write_bytes(b"not read")
     with pytest.raises(CheckpointError, match="pickled checkpoint"):
         ModularPipeline.from_single_file(path)
+
+
+def test_missing_file_and_hub_file_references(tmp_path):
+    from diffblocks.components.single_file.reader import _HUB_URL
+
+    with pytest.raises(FileNotFoundError, match="does not exist.*org/repo/file.safetensors"):
+        ModularPipeline.from_single_file(tmp_path / "nope.safetensors")
+    url = "https://huggingface.co/org/repo/blob/main/sub/model.safetensors"
+    assert _HUB_URL.fullmatch(url).groups() == ("org/repo", "main", "sub/model.safetensors")
+

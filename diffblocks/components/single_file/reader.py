@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -19,9 +20,36 @@ from ..state_dict import _WINDOW_BYTES, CheckpointError, _open
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SingleFile"]
+__all__ = ["SingleFile", "resolve_single_file"]
 
 _PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+_HUB_URL = re.compile(r"(?:https?://)?(?:huggingface\.co|hf\.co)/([^/]+/[^/]+)/(?:blob|resolve)/([^/]+)/(.+)")
+
+
+def resolve_single_file(path_or_repo_file: str | os.PathLike) -> Path:
+    """A local path as is; `org/repo/file.safetensors` or a huggingface.co file URL (`.../blob/<rev>/<file>`)
+    downloaded to (or found in) the Hugging Face cache."""
+    path = Path(path_or_repo_file).expanduser()
+    if path.exists():
+        return path
+    text = str(path_or_repo_file)
+    match = _HUB_URL.fullmatch(text)
+    if match:
+        repo, revision, filename = match.groups()
+    elif text.count("/") >= 2 and not text.startswith(("/", ".", "~")):
+        parts = text.split("/")
+        repo, revision, filename = "/".join(parts[:2]), None, "/".join(parts[2:])
+    else:
+        raise FileNotFoundError(
+            f"checkpoint file {text!r} does not exist (pass a local .safetensors path, 'org/repo/file.safetensors' "
+            "or a huggingface.co file URL)."
+        )
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo, filename, revision=revision))
+    except Exception as exc:  # network, auth, missing file
+        raise OSError(f"Could not fetch {filename!r} from the Hub repo {repo!r}: {type(exc).__name__}: {exc}") from exc
 
 
 class SingleFile:
@@ -32,9 +60,9 @@ class SingleFile:
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path).expanduser()
+        self.path = resolve_single_file(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"checkpoint file {str(self.path)!r} does not exist.")
+            raise FileNotFoundError(f"checkpoint {str(self.path)!r} is not a file.")
         if self.path.suffix.lower() in _PICKLE_SUFFIXES:
             raise CheckpointError(
                 f"{self.path} is a pickled checkpoint ({self.path.suffix}); only .safetensors single files are read "
