@@ -501,6 +501,10 @@ class BaseGuidance(ConfigMixin):
             pred = rescale_noise_cfg(pred, pred_cond, guidance_rescale)
         return GuiderOutput(pred=pred, pred_cond=pred_cond, pred_uncond=pred_uncond)
 
+    def copy_for_call(self) -> BaseGuidance:
+        """A copy holding one pipeline call's state (current step, pass plan); config and layer picks shared."""
+        return copy.copy(self)
+
     def __copy__(self) -> BaseGuidance:
         other = type(self).__new__(type(self))
         other.__dict__.update(self.__dict__)

@@ -15,6 +15,7 @@ from ..blocks.validation import check_inputs
 from ..components.config import FrozenConfig
 from ..components.spec import ComponentSpec
 from .adapters import AdaptersMixin
+from .call_components import CallComponents
 from .lifecycle import ComponentLifecycleMixin, check_output_names
 from .steering import SteeringMixin
 
@@ -441,6 +442,7 @@ class ModularPipeline(ComponentLifecycleMixin, SteeringMixin, AdaptersMixin):
             raise TypeError(f"output must be None, a name or a list of names; got {type(output).__name__}")
         check_output_names(output, self._output_names(values), where, produced=False)
         self._interrupt = False  # the reference's flag a step callback may set to stop early (runtime/callbacks.py)
+        given = state
         state = copy.deepcopy(state) if state is not None else PipelineState()
         table = self._blocks._io().input_table
         for name, value in values.items():
@@ -452,13 +454,27 @@ class ModularPipeline(ComponentLifecycleMixin, SteeringMixin, AdaptersMixin):
                 state.set(name, value, param.kwargs_type)
         import torch
 
+        components = CallComponents(self)  # per-call copies of schedulers and guiders: calls are reentrant
         try:
             with torch.no_grad():
-                state = self._run_blocks(state, Tracer() if trace else None)  # runtime/steering.py
+                state = self._run_blocks(state, Tracer() if trace else None, components)  # runtime/steering.py
         except Exception as exc:
             self._annotate(exc)
+            if given is not None:
+                self._note_given_state(exc, given)
             raise
+        finally:
+            components.finish_call()
         return self._select_output(state, output)
+
+    def _note_given_state(self, exc: BaseException, given: PipelineState) -> None:
+        produced = sorted(set(given.values) & {o.name for o in self._blocks._io().outputs if o.name})
+        if produced and hasattr(exc, "add_note"):
+            exc.add_note(
+                f"(this call got state=... holding values an earlier call produced: {produced}; the blocks read "
+                f"them as inputs. Pass a state with only the values to reuse, e.g. "
+                f"PipelineState({{'prompt_embeds': old.get('prompt_embeds'), ...}}), or call without state=)"
+            )
 
     def _annotate(self, exc: BaseException) -> None:
         note_missing_field(exc)

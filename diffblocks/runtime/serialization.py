@@ -148,6 +148,7 @@ def blocks_structure(block: ModularPipelineBlocks) -> dict[str, Any]:
         nested = {n: blocks_structure(b) for n, b in block.sub_blocks.items()}
         if children_changed or any("sub_blocks" in child for child in nested.values()):
             data["sub_blocks"] = nested
+            data["sub_block_order"] = list(nested)  # the JSON files are written with sorted keys
             triggers = block.__dict__.get("block_trigger_inputs")
             if triggers is not None:
                 data["block_trigger_inputs"] = list(triggers)
@@ -226,7 +227,12 @@ def build_blocks(structure: dict[str, Any], resolve: _ClassResolver) -> ModularP
         raise TypeError(f"{structure['class']} is not a ModularPipelineBlocks class")
     if "sub_blocks" not in structure:
         return cls()
-    children = {name: build_blocks(child, resolve) for name, child in structure["sub_blocks"].items()}
+    sub_blocks = structure["sub_blocks"]
+    order = structure.get("sub_block_order") or list(sub_blocks)
+    if sorted(order) != sorted(sub_blocks):
+        raise ValueError(f"blocks structure of {structure['class']}: sub_block_order {order} does not list the "
+                         f"sub_blocks {sorted(sub_blocks)}")
+    children = {name: build_blocks(sub_blocks[name], resolve) for name in order}
     kwargs: dict[str, Any] = {}
     if "block_trigger_inputs" in structure:
         kwargs["block_trigger_inputs"] = structure["block_trigger_inputs"]

@@ -62,10 +62,10 @@ class SteeringMixin:
         return Executor(self, event, list(self.__dict__.get("_progress_handlers", ())),
                         cache=self.__dict__.get("_block_cache"), tracer=tracer)
 
-    def _run_blocks(self, state: Any, tracer: Tracer | None) -> Any:
+    def _run_blocks(self, state: Any, tracer: Tracer | None, components: Any = None) -> Any:
         blocks = self._blocks
         with self._executor(tracer) as executor:
-            _, state = executor.run(type(blocks).__name__, blocks, self, state)
+            _, state = executor.run(type(blocks).__name__, blocks, self if components is None else components, state)
         if tracer is not None:
             state.trace = tracer
         return state

@@ -309,6 +309,12 @@ class SchedulerMixin(ConfigMixin):
         """Scheduler classes that can be built from this one's config (`Other.from_config(self.config)`)."""
         return list(_SCHEDULER_CLASSES.values())
 
+    def copy_for_call(self) -> SchedulerMixin:
+        """A fresh scheduler of this class and config, for a call running while another uses this one.
+
+        Built from the config (not copied), so it shares nothing with the running call's state."""
+        return type(self).from_config(self.config)
+
     # -- step index ----------------------------------------------------------------------------------
     @property
     def step_index(self) -> int | None:
