@@ -34,6 +34,8 @@ _EXPORTS: dict[str, str] = {
     "ComponentLoadError": "diffblocks.runtime.pipeline",
     "TrustRemoteCodeError": "diffblocks.components.trust",
     "UnsafePathError": "diffblocks.components.trust",
+    "set_size_limit": "diffblocks.runtime.limits",
+    "get_size_limit": "diffblocks.runtime.limits",
     "generate_batch": "diffblocks.runtime.distributed",
     "image_seed": "diffblocks.runtime.distributed",
     "Interrupted": "diffblocks.runtime.execution",

@@ -70,12 +70,25 @@ def _record(args: argparse.Namespace, pipe: Any, recorded: dict[str, Any], seed:
     }
 
 
+def _check_before_loading(args: argparse.Namespace) -> None:
+    """User errors found before any model is loaded or any step runs."""
+    from .blocks_arg import check_model_target
+
+    check_model_target(args.model, "--model")
+    if args.prompts_file is None:
+        folder = Path(args.out).expanduser().parent
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--out {args.out!r}: the folder {str(folder)!r} does not exist; create it first "
+                                    f"(nothing was generated)")
+
+
 def _generate(args: argparse.Namespace) -> int:
     pipeline_options.check_arguments(args)
     if (args.prompt is None) == (args.prompts_file is None):
         raise SystemExit("diffblocks generate: give either --prompt or --prompts-file")
     if args.mask and not args.image:
         raise SystemExit("diffblocks generate: --mask needs --image (the image to inpaint)")
+    _check_before_loading(args)
     seed = _seed(args.seed)
     kwargs, recorded = _call_kwargs(args, seed)
     if args.prompts_file is not None:

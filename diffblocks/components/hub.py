@@ -39,10 +39,19 @@ def resolve_file(
         return None
 
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
         path = Path(hf_hub_download(str(path_or_repo_id), filename, subfolder=subfolder or None, revision=revision))
+    except LocalEntryNotFoundError as exc:
+        if not required and _in_cache(str(path_or_repo_id)):
+            return None  # offline with a cached repo: this optional file is just not there
+        # offline or unreachable, and nothing cached: say so now rather than after probing every other file
+        raise OSError(
+            f"{path_or_repo_id!r} is not a local folder, and {filename!r} could not be fetched from the Hugging Face "
+            f"Hub (offline or unreachable) nor found in the cache. Check the path or repo id, or go online "
+            f"({type(exc).__name__})."
+        ) from exc
     except EntryNotFoundError:
         if required:
             raise FileNotFoundError(
@@ -57,6 +66,13 @@ def resolve_file(
             f"download failed ({type(exc).__name__}: {exc})."
         ) from exc
     return check_snapshot_file(path, path_or_repo_id)
+
+
+def _in_cache(repo_id: str) -> bool:
+    """Whether the Hub cache holds a snapshot folder of `repo_id`."""
+    from huggingface_hub import constants
+
+    return (Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}").is_dir()
 
 
 def check_snapshot_file(path: Path, repo_id: str | os.PathLike) -> Path:

@@ -360,6 +360,9 @@ class VaeImageProcessor(ConfigMixin):
                 images = [self.convert_to_rgb(i) for i in images]
             elif self.config.do_convert_grayscale:
                 images = [self.convert_to_grayscale(i) for i in images]
+            elif any(i.mode != "RGB" for i in images):
+                # a PIL image is a picture, never latents: RGBA / LA / P / L / 1 become RGB (alpha dropped)
+                images = [self.convert_to_rgb(i) for i in images]
             out = self.numpy_to_pt(self.pil_to_numpy(images))
         else:
             if resize_mode != "default":

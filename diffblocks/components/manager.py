@@ -130,6 +130,9 @@ class ComponentsManager:
             raise ValueError(f"component name must be a non-empty string, got {name!r}")
         if collection is not None and (not isinstance(collection, str) or not collection):
             raise ValueError(f"collection must be a non-empty string or None, got {collection!r}")
+        if component is None:
+            raise ValueError(f"ComponentsManager.add({name!r}, None): there is no component to register; load it "
+                             f"first (or use remove() to drop a registered one).")
 
         component_id = f"{name}_{id(component)}"
         is_new = component_id not in self.components

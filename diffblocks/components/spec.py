@@ -272,7 +272,7 @@ def _load_with(type_hint: Any, path: str, loading: dict[str, Any], kwargs: dict[
         call["subfolder"] = loading["subfolder"]
     if loading.get("revision") is not None:
         call["revision"] = loading["revision"]
-    dtype = kwargs.pop("torch_dtype", kwargs.pop("dtype", None))
+    dtype = as_torch_dtype(kwargs.pop("torch_dtype", kwargs.pop("dtype", None)), f"component {name!r}: torch_dtype")
     is_module = _is_torch_module_class(type_hint)
     if loading.get("variant") is not None and is_module:
         call["variant"] = loading["variant"]
@@ -303,6 +303,25 @@ def _placement_kwargs(kwargs: dict[str, Any], is_module: bool, library: str) -> 
             given["device_map"] = given.pop("device")
         given.pop("low_cpu_mem_usage", None)
     return given
+
+
+_DTYPE_NAMES = {"float16": "float16", "fp16": "float16", "half": "float16", "bfloat16": "bfloat16",
+                "bf16": "bfloat16", "float32": "float32", "fp32": "float32", "float": "float32", "float64": "float64",
+                "fp64": "float64", "double": "float64"}
+
+
+def as_torch_dtype(value: Any, where: str = "torch_dtype") -> Any:
+    """A torch.dtype from a dtype or its name ("float16", "fp16", "torch.bfloat16", ...); None stays None."""
+    import torch
+
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    if isinstance(value, str):
+        key = value.strip().lower().removeprefix("torch.")
+        if key in _DTYPE_NAMES:
+            return getattr(torch, _DTYPE_NAMES[key])
+    raise TypeError(f"{where}: expected a torch.dtype or one of {sorted(set(_DTYPE_NAMES))} "
+                    f"(also 'torch.float16' style), got {value!r}.")
 
 
 def infer_class(path: str, subfolder: str | None, revision: str | None) -> Any:

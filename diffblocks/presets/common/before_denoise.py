@@ -24,6 +24,7 @@ from ...components.schedulers import (
 )
 from ...components.spec import ComponentSpec
 from .utils import (
+    check_finite,
     check_generators,
     check_image,
     check_size,
@@ -76,9 +77,9 @@ class InputStep(ModularPipelineBlocks):
     def __call__(self, components, state):
         bs = self.get_block_state(state)
         name = type(self).__name__
-        n = int(bs.num_images_per_prompt or 1)
+        n = 1 if bs.num_images_per_prompt is None else int(bs.num_images_per_prompt)
         if n < 1:
-            raise BlockInputError(f"Block {name!r}: num_images_per_prompt must be >= 1, got {n}.",
+            raise BlockInputError(f"Block {name!r}: input 'num_images_per_prompt' must be >= 1, got {n}.",
                                   block=name, input_name="num_images_per_prompt")
         first = getattr(bs, self.embed_names[0][0])
         bs.batch_size = first.shape[0]
@@ -216,9 +217,10 @@ class PrepareLatentsStep(ModularPipelineBlocks):
         name = type(self).__name__
         factor = vae_scale_factor(components)
         height, width = default_size(components, bs.height, bs.width)
-        check_size(name, height, width, factor)
         total = bs.batch_size * int(bs.num_images_per_prompt or 1)
+        check_size(name, height, width, factor, total, components)
         check_generators(name, bs.generator, total)
+        check_finite(name, "latents", bs.latents)
         vae = optional_component(components, "vae")
         channels = vae.config.latent_channels if vae is not None else components.unet.config.in_channels
         shape = (total, channels, height // factor, width // factor)

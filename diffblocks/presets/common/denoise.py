@@ -357,7 +357,7 @@ class DenoiseLoopWrapper(LoopSequentialPipelineBlocks):
 
     def __call__(self, components, state):
         bs = self.get_block_state(state)
-        bs.guider = guider_for_call(components, bs.guidance_scale, bs.guidance_rescale)
+        bs.guider = guider_for_call(components, bs.guidance_scale, bs.guidance_rescale, block=type(self).__name__)
         dim = getattr(components.unet.config, "time_cond_proj_dim", None)
         if dim is not None and bs["timestep_cond"] is None and "latents" in bs:
             # guidance-distilled UNets (LCM) take the guidance scale as an embedding

@@ -60,8 +60,8 @@ class VaeEncoderStep(ModularPipelineBlocks):
     def __call__(self, components, state):
         bs = self.get_block_state(state)
         name = type(self).__name__
-        check_image(name, "image", bs.image)
         vae = components.vae
+        check_image(name, "image", bs.image, channels=(3, vae.config.latent_channels))
         device = execution_device(components)
         dtype = bs.dtype or vae.dtype
         image = components.image_processor.preprocess(bs.image, height=bs.height, width=bs.width)
@@ -110,7 +110,7 @@ class InpaintVaeEncoderStep(ModularPipelineBlocks):
     def __call__(self, components, state):
         bs = self.get_block_state(state)
         name = type(self).__name__
-        check_image(name, "image", bs.image)
+        check_image(name, "image", bs.image, channels=(3,))
         check_image(name, "mask_image", bs.mask_image)
         image_sizes = {i.size for i in as_list(bs.image) if isinstance(i, PIL.Image.Image)}
         mask_sizes = {m.size for m in as_list(bs.mask_image) if isinstance(m, PIL.Image.Image)}

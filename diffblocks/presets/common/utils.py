@@ -18,7 +18,8 @@ from ...components.spec import ComponentSpec
 from ...guiders import ClassifierFreeGuidance
 
 __all__ = [
-    "as_list", "check_generators", "check_image", "check_size", "default_size", "execution_device",
+    "as_list", "check_finite", "check_generators", "check_image", "check_size", "check_size_limit",
+    "default_size", "execution_device",
     "guidance_inputs", "guider_for_call", "guider_spec", "image_processor_spec", "latent_stats",
     "mask_processor_spec", "optional_component", "repeat_to_batch", "retrieve_latents", "scale_latents",
     "unscale_latents", "vae_scale_factor", "vae_upcast",
@@ -56,11 +57,14 @@ def guidance_inputs() -> list[InputParam]:
 
 
 def guider_for_call(components: Any, guidance_scale: float | None = None, guidance_rescale: float | None = None,
-                    for_text: bool = False):
+                    for_text: bool = False, block: str = "guidance"):
     """The guider for one call: the component, or a copy with the per-call knobs (the component is untouched).
 
     `for_text=True` (text encoding) also accounts for guidance-embedding UNets, which run no unconditional pass.
+    Non-finite knobs are refused in the name of `block`.
     """
+    check_finite(block, "guidance_scale", guidance_scale)
+    check_finite(block, "guidance_rescale", guidance_rescale)
     guider = components.guider
     unet = optional_component(components, "unet")
     if for_text and unet is not None and getattr(unet.config, "time_cond_proj_dim", None) is not None \
@@ -84,7 +88,7 @@ def default_size(components: Any, height: int | None, width: int | None) -> tupl
     sample = unet.config.sample_size if unet is not None else 64
     sample = sample[0] if isinstance(sample, (list, tuple)) else sample
     default = sample * vae_scale_factor(components)
-    return int(height or default), int(width or default)
+    return (int(height) if height is not None else default), (int(width) if width is not None else default)
 
 
 def optional_component(components: Any, name: str) -> Any:
@@ -109,6 +113,13 @@ def execution_device(components: Any) -> torch.device:
 
 
 def check_generators(block: str, generator: Any, total: int) -> None:
+    items = generator if isinstance(generator, list) else [generator]
+    wrong = [g for g in items if g is not None and not isinstance(g, torch.Generator)]
+    if wrong:
+        raise BlockInputError(
+            f"Block {block!r}: input 'generator' must be a torch.Generator or a list of them (e.g. "
+            f"torch.Generator().manual_seed(0)), got {type(wrong[0]).__name__} {wrong[0]!r}.",
+            block=block, input_name="generator")
     if isinstance(generator, list) and len(generator) != total:
         raise BlockInputError(
             f"Block {block!r}: input 'generator' is a list of {len(generator)} generators, but the effective batch "
@@ -164,12 +175,47 @@ def unscale_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
     return latents / vae.config.scaling_factor
 
 
-def check_image(block: str, name: str, image: Any) -> None:
+def check_finite(block: str, name: str, value: Any) -> None:
+    """Numbers, tensors and arrays (or lists of them) must hold no NaN or infinite value."""
+    import math
+    import numbers
+
+    import numpy as np
+
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            check_finite(block, name, item)
+        return
+    if isinstance(value, numbers.Real):
+        bad = not math.isfinite(value)
+    elif isinstance(value, torch.Tensor):
+        bad = value.is_floating_point() and not bool(torch.isfinite(value).all())
+    elif isinstance(value, np.ndarray):
+        bad = np.issubdtype(value.dtype, np.floating) and not bool(np.isfinite(value).all())
+    else:
+        return
+    if bad:
+        shown = f"{value}" if isinstance(value, numbers.Real) else "values that are NaN or infinite"
+        raise BlockInputError(f"Block {block!r}: input {name!r} must be finite, got {shown}.",
+                              block=block, input_name=name)
+
+
+def _channels(image: Any) -> int | None:
+    """Channel count of an image tensor (N, C, H, W) / (C, H, W) or array (N, H, W, C) / (H, W, C)."""
+    if isinstance(image, torch.Tensor):
+        return image.shape[-3] if image.ndim in (3, 4) else None
+    return image.shape[-1] if image.ndim in (3, 4) else None
+
+
+def check_image(block: str, name: str, image: Any, channels: tuple[int, ...] | None = None) -> None:
+    """A PIL image, array or tensor (or a non-empty list), finite; tensors/arrays with one of `channels`."""
     if isinstance(image, (list, tuple)):
         if not image:
             raise BlockInputError(f"Block {block!r}: input {name!r} is an empty list.", block=block, input_name=name)
         for item in image:
-            check_image(block, name, item)
+            check_image(block, name, item, channels)
         return
     if isinstance(image, PIL.Image.Image):
         if image.mode not in ("RGB", "RGBA", "L", "1", "P", "LA"):
@@ -182,18 +228,54 @@ def check_image(block: str, name: str, image: Any) -> None:
     if not isinstance(image, (torch.Tensor, np.ndarray)):
         raise BlockInputError(f"Block {block!r}: input {name!r} must be a PIL image, numpy array or torch tensor "
                               f"(or a list of them), got {type(image).__name__}.", block=block, input_name=name)
+    check_finite(block, name, image)
+    found = _channels(image)
+    if channels is not None and found not in channels:
+        layout = "(N, C, H, W) or (C, H, W)" if isinstance(image, torch.Tensor) else "(N, H, W, C) or (H, W, C)"
+        expected = " or ".join("3 (RGB pixels)" if c == 3 else f"{c} (latents)" for c in channels)
+        raise BlockInputError(
+            f"Block {block!r}: input {name!r} has shape {tuple(image.shape)}: {found} channels; expected {expected} "
+            f"in the {layout} layout. Pass a PIL image (any mode) to have it converted.",
+            block=block, input_name=name)
 
 
 def as_list(value: Any) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def check_size(block: str, height: int, width: int, factor: int) -> None:
+def check_size(block: str, height: int, width: int, factor: int, batch: int = 1, components: Any = None) -> None:
+    """Positive multiples of the VAE factor (at least 8), within the size limit (see runtime/limits.py)."""
+    if height <= 0 or width <= 0:
+        raise BlockInputError(f"Block {block!r}: inputs 'height' and 'width' must be positive, got height={height}, "
+                              f"width={width}.", block=block, input_name="height" if height <= 0 else "width")
     factor = max(8, factor)  # the standard pipelines require multiples of 8 whatever the VAE
     if height % factor or width % factor:
         raise BlockInputError(
             f"Block {block!r}: height and width must be multiples of {factor}, "
             f"got height={height}, width={width}.", block=block, input_name="height")
+    check_size_limit(block, components, batch, height, width)
+
+
+def check_size_limit(block: str, components: Any, batch: int, height: int, width: int) -> None:
+    """Refuse, before any work, a size whose estimated memory exceeds the limit (`diffblocks.set_size_limit`)."""
+    from ...runtime.limits import estimate_image_bytes, format_bytes, get_size_limit
+
+    limit = get_size_limit()
+    if limit is None:
+        return
+    vae = optional_component(components, "vae") if components is not None else None
+    config = getattr(vae, "config", None)
+    decoder = (getattr(config, "block_out_channels", None) or [128])[0]
+    latent = getattr(config, "latent_channels", 4)
+    element = torch.empty((), dtype=vae.dtype).element_size() if isinstance(vae, torch.nn.Module) else 4
+    factor = vae_scale_factor(components) if components is not None else 8
+    needed = estimate_image_bytes(batch, height, width, latent, factor, decoder, element)
+    if needed > limit:
+        raise BlockInputError(
+            f"Block {block!r}: height={height}, width={width} for {batch} image(s) needs an estimated "
+            f"{format_bytes(needed)} (latents and VAE decoder activations), above the size limit of "
+            f"{format_bytes(limit)}. Use a smaller size, or raise the limit with diffblocks.set_size_limit(n_bytes) "
+            f"(None lifts it).", block=block, input_name="height")
 
 
 def repeat_to_batch(block: str, what: str, tensor: torch.Tensor, total: int, interleave: bool = False

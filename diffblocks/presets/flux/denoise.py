@@ -22,7 +22,7 @@ from ...components.models.flux_transformer import FluxTransformer2DModel
 from ...components.schedulers import FlowMatchEulerDiscreteScheduler
 from ...components.spec import ComponentSpec
 from ...runtime.callbacks import StepEndCallback, TensorView, attr_view, step_callback_inputs
-from ..common.utils import guider_for_call, guider_spec
+from ..common.utils import check_finite, guider_for_call, guider_spec
 from .utils import DEFAULT_TRUE_CFG_SCALE
 
 logger = logging.getLogger(__name__)
@@ -186,7 +186,9 @@ class FluxDenoiseStep(LoopSequentialPipelineBlocks):
 
     def _prepare(self, components: Any, bs: Any) -> None:
         name = type(self).__name__
-        guider = guider_for_call(components, bs.true_cfg_scale)
+        check_finite(name, "true_cfg_scale", bs.true_cfg_scale)
+        check_finite(name, "guidance_scale", bs.guidance_scale)
+        guider = guider_for_call(components, bs.true_cfg_scale, block=name)
         negatives = bs.negative_prompt_embeds is not None and bs.negative_pooled_prompt_embeds is not None
         if guider.requires_unconditional and not negatives:
             logger.info("%s: no negative prompt embeddings; running without true CFG.", name)

@@ -14,6 +14,7 @@ from ...components.adapters.lora import lora_scale
 from ...components.models import AutoencoderKL
 from ...components.spec import ComponentSpec
 from ..common.utils import (
+    check_finite,
     execution_device,
     guider_for_call,
     guider_spec,
@@ -162,7 +163,8 @@ class FluxTextEncoderStep(ModularPipelineBlocks):
             raise BlockInputError(f"Block {name!r}: with 'prompt_embeds' give 'pooled_prompt_embeds' and no "
                                   f"'prompt' (got {bad!r} wrong).", block=name, input_name=bad)
 
-        guider = guider_for_call(components, bs.true_cfg_scale)
+        check_finite(name, "true_cfg_scale", bs.true_cfg_scale)
+        guider = guider_for_call(components, bs.true_cfg_scale, block=name)
         has_negative = negative is not None or bs.negative_prompt_embeds is not None
         if guider.requires_unconditional and has_negative:
             if bs.negative_prompt_embeds is None:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ...blocks import BlockInputError
-from ..common.utils import optional_component, vae_scale_factor
+from ..common.utils import check_size_limit, optional_component, vae_scale_factor
 
 DEFAULT_SAMPLE_SIZE = 128  # latent side of the default image (1024 px with the 8x Flux VAE)
 # image/mask processors of the Flux presets: 8x VAE x 2x2 packing, 16 latent channels
@@ -33,13 +33,15 @@ def resolve_size(block: str, components: Any, height: int | None, width: int | N
     """Height and width in pixels: defaults from the VAE, checked to be multiples of ``2 * vae_scale_factor``."""
     factor = vae_scale_factor(components)
     default = DEFAULT_SAMPLE_SIZE * factor
-    height, width = int(height or default), int(width or default)
+    height = int(height) if height is not None else default
+    width = int(width) if width is not None else default
     multiple = 2 * factor
     if height % multiple or width % multiple or height <= 0 or width <= 0:
         raise BlockInputError(
             f"Block {block!r}: inputs 'height' and 'width' must be positive multiples of {multiple} (2 x the VAE's downscale "
             f"factor {factor}, for the 2x2 latent patches), got height={height}, width={width}.",
             block=block, input_name="height" if height % multiple or height <= 0 else "width")
+    check_size_limit(block, components, 1, height, width)
     return height, width
 
 

@@ -68,9 +68,11 @@ def as_prompt_list(block: str, name: str, prompt: Any) -> list[str] | None:
         return None
     if isinstance(prompt, str):
         return [prompt]
-    if isinstance(prompt, (list, tuple)) and all(isinstance(p, str) for p in prompt):
+    if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
         return list(prompt)
-    raise BlockInputError(f"Block {block!r}: input {name!r} must be a str or a list of str, got "
+    raise BlockInputError(f"Block {block!r}: input {name!r} must be a string or a non-empty list of strings, got "
+                          f"{prompt!r}." if isinstance(prompt, (list, tuple)) and not prompt else
+                          f"Block {block!r}: input {name!r} must be a string or a non-empty list of strings, got "
                           f"{type(prompt).__name__}.", block=block, input_name=name)
 
 
@@ -149,7 +151,7 @@ class StableDiffusionTextEncoderStep(ModularPipelineBlocks):
         if prompts is None and bs.prompt_embeds is None:
             raise BlockInputError(f"Block {name!r}: provide `prompt` or `prompt_embeds`.", block=name,
                                   input_name="prompt")
-        guider = guider_for_call(components, bs.guidance_scale, for_text=True)
+        guider = guider_for_call(components, bs.guidance_scale, for_text=True, block=name)
         te = components.text_encoder
         dtype = te.dtype if te is not None else bs.prompt_embeds.dtype
         device = execution_device(components)

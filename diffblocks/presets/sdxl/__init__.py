@@ -153,7 +153,7 @@ class StableDiffusionXLTextEncoderStep(ModularPipelineBlocks):
                                   input_name="prompt")
         pairs = [(tok, enc) for tok, enc in ((components.tokenizer, components.text_encoder),
                                              (components.tokenizer_2, components.text_encoder_2)) if enc is not None]
-        guider = guider_for_call(components, bs.guidance_scale, for_text=True)
+        guider = guider_for_call(components, bs.guidance_scale, for_text=True, block=name)
         device = execution_device(components)
         te2 = components.text_encoder_2
         dtype = te2.dtype if te2 is not None else (bs.prompt_embeds.dtype if bs.prompt_embeds is not None
