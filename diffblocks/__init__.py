@@ -40,6 +40,7 @@ _EXPORTS: dict[str, str] = {
     "image_seed": "diffblocks.runtime.distributed",
     "Interrupted": "diffblocks.runtime.execution",
     "ProgressEvent": "diffblocks.runtime.execution",
+    "BlockCache": "diffblocks.runtime.cache",
     # components
     "ComponentSpec": "diffblocks.components.spec",
     "ComponentsManager": "diffblocks.components.manager",

@@ -34,7 +34,9 @@ class Interrupted(RuntimeError):
 class ProgressEvent:
     """One progress report. `kind` is "block_start", "block_end" or "step"; `path` the dotted block path
     (e.g. "StableDiffusionAutoBlocks.denoise"); for "step", `step` steps of `total` are done; `seconds` is the
-    block's wall time on "block_end" (and whether it came from the cache, `cached`)."""
+    block's wall time on "block_end", and `cached` whether its outputs came from the block cache (True), it ran
+    after a cache miss (False), or the cache was not consulted (None: cache off, a composite, or a block that is
+    never cached)."""
 
     kind: str
     path: str
@@ -42,7 +44,7 @@ class ProgressEvent:
     step: int | None = None
     total: int | None = None
     seconds: float | None = None
-    cached: bool = False
+    cached: bool | None = None
 
 
 ProgressHandler = Callable[[ProgressEvent], Any]
@@ -85,7 +87,7 @@ class Executor:
             if self.handlers:
                 self._emit(ProgressEvent("block_start", path, type(block).__name__))
             start = time.perf_counter()
-            cached = False
+            cached = None
             cache = self.cache
             if cache is not None and cache.applies_to(block):
                 cached, result = cache.run(block, components, state, self._call, name)

@@ -9,6 +9,7 @@ import threading
 from typing import Any
 
 from ..blocks.trace import Tracer
+from .cache import BlockCache, BlockCacheInfo
 from .execution import Executor, ProgressHandler
 
 __all__ = ["SteeringMixin"]
@@ -54,6 +55,32 @@ class SteeringMixin:
         if handler not in handlers:
             raise ValueError(f"{handler!r} is not a progress handler of this pipeline")
         handlers.remove(handler)
+
+    # -- block output cache ---------------------------------------------------------------------------
+    def enable_block_cache(self, max_memory: int | str = "2GB", cache: BlockCache | None = None) -> BlockCache:
+        """Reuse block outputs across calls when a block's inputs, components and config are unchanged (see
+        runtime/cache.py). `max_memory` bounds the cached tensors' bytes (LRU); pass `cache` to share one
+        BlockCache between pipelines. Returns the cache."""
+        if cache is None:
+            cache = BlockCache(max_memory)
+        elif not isinstance(cache, BlockCache):
+            raise TypeError(f"enable_block_cache(cache=...) needs a BlockCache, got {type(cache).__name__}")
+        object.__setattr__(self, "_block_cache", cache)
+        return cache
+
+    def disable_block_cache(self) -> None:
+        """Stop caching and drop what this pipeline's cache holds."""
+        cache = self.__dict__.get("_block_cache")
+        if cache is not None:
+            cache.clear()
+        object.__setattr__(self, "_block_cache", None)
+
+    def block_cache_info(self) -> BlockCacheInfo:
+        """hits, misses, uncached (runs that could not be keyed), bytes, max_memory, entries."""
+        cache = self.__dict__.get("_block_cache")
+        if cache is None:
+            raise RuntimeError("the block cache is not enabled on this pipeline; call pipe.enable_block_cache()")
+        return cache.info()
 
     # -- the executor of one call -------------------------------------------------------------------------
     def _executor(self, tracer: Tracer | None) -> Executor:
