@@ -41,6 +41,7 @@ _EXPORTS: dict[str, str] = {
     "Interrupted": "diffblocks.runtime.execution",
     "ProgressEvent": "diffblocks.runtime.execution",
     "BlockCache": "diffblocks.runtime.cache",
+    "PreviewCallback": "diffblocks.presets.previews",
     # components
     "ComponentSpec": "diffblocks.components.spec",
     "ComponentsManager": "diffblocks.components.manager",
