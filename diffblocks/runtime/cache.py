@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -116,15 +117,17 @@ class BlockCache:
         self.hits = self.misses = self.uncached = 0
         self._digests: dict[int, tuple[weakref.ref, int, bytes]] = {}
         self._applies: dict[int, tuple[weakref.ref, bool]] = {}
+        self._lock = threading.RLock()  # entries and counters; blocks themselves run outside it
 
     # -- bookkeeping ----------------------------------------------------------------------------------
     def info(self) -> BlockCacheInfo:
         return BlockCacheInfo(self.hits, self.misses, self.uncached, self._bytes, self.max_memory, len(self._entries))
 
     def clear(self) -> None:
-        self._entries.clear()
-        self._bytes = 0
-        self._digests.clear()
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+            self._digests.clear()
 
     def _evict(self) -> None:
         while self._bytes > self.max_memory and self._entries:
@@ -166,18 +169,22 @@ class BlockCache:
             self.uncached += 1
             logger.debug("block cache: %s (%s) runs uncached: %s", name, type(block).__name__, why)
             return False, call(name, block, components, state)
-        entry = self._entries.get(key)
-        if entry is not None:
-            if entry.intact():
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and not entry.intact():
+                logger.debug("block cache: %s output changed in place since it was cached; re-running", name)
+                del self._entries[key]
+                self._bytes -= entry.nbytes
+                entry = None
+            if entry is not None:
                 self._entries.move_to_end(key)
                 self.hits += 1
-                for out_name, value, kwargs_type in entry.outputs:
-                    state.set(out_name, _hand_out(value), kwargs_type)
-                return True, (components, state)
-            logger.debug("block cache: %s output changed in place since it was cached; re-running", name)
-            del self._entries[key]
-            self._bytes -= entry.nbytes
-        self.misses += 1
+            else:
+                self.misses += 1
+        if entry is not None:
+            for out_name, value, kwargs_type in entry.outputs:
+                state.set(out_name, _hand_out(value), kwargs_type)
+            return True, (components, state)
         before = dict(state.values)
         result = call(name, block, components, state)
         self._store(key, keep_alive, type(block).__name__, before, result[1])
@@ -201,9 +208,13 @@ class BlockCache:
         if nbytes > self.max_memory:
             logger.debug("block cache: %s outputs (%d bytes) exceed max_memory; not cached", block, nbytes)
             return
-        self._entries[key] = _Entry(block, outputs, [(t, t._version) for t in tensors], keep_alive, nbytes)
-        self._bytes += nbytes
-        self._evict()
+        with self._lock:
+            previous = self._entries.pop(key, None)
+            if previous is not None:
+                self._bytes -= previous.nbytes
+            self._entries[key] = _Entry(block, outputs, [(t, t._version) for t in tensors], keep_alive, nbytes)
+            self._bytes += nbytes
+            self._evict()
 
     # -- keys ------------------------------------------------------------------------------------------
     def _key(self, block: Any, components: Any, state: Any) -> tuple[tuple, tuple]:
