@@ -54,3 +54,71 @@ def write_reference_lora(ref_pipe, directory: Path, seed: int, rank: int = 4, al
             kwargs[f"{name}_lora_adapter_metadata"] = cfg.to_dict()
     type(ref_pipe).save_lora_weights(str(directory), **kwargs)
     return directory / "pytorch_lora_weights.safetensors"
+
+
+# -- IP-Adapter --------------------------------------------------------------------------------------------------------
+IMAGE_EMBED_DIM = 24  # the tiny CLIP vision encoder's projection_dim (the adapter's image_embed_dim)
+
+
+def tiny_image_encoder(seed: int = 0):
+    """(CLIPVisionModelWithProjection, CLIPImageProcessor): a seeded 32x32 CLIP vision tower and its processor."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=37, projection_dim=IMAGE_EMBED_DIM,
+                              num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8,
+                              num_channels=3)
+    torch.manual_seed(seed)
+    encoder = CLIPVisionModelWithProjection(config).eval()
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return encoder, processor
+
+
+def add_image_encoder(folder: Path, seed: int = 0) -> Path:
+    """Save the tiny image encoder and feature extractor into a pipeline folder (model_index entries too)."""
+    import json
+
+    encoder, processor = tiny_image_encoder(seed)
+    encoder.save_pretrained(str(folder / "image_encoder"))
+    processor.save_pretrained(str(folder / "feature_extractor"))
+    index_path = folder / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index["image_encoder"] = ["transformers", "CLIPVisionModelWithProjection"]
+    index["feature_extractor"] = ["transformers", "CLIPImageProcessor"]
+    index_path.write_text(json.dumps(index, indent=2))
+    return folder
+
+
+def random_ip_adapter(reference_unet, seed: int, std: float = 0.2) -> dict[str, dict[str, torch.Tensor]]:
+    """A basic IP-Adapter in the reference's layout ({"image_proj": ..., "ip_adapter": ...}) for a reference
+    UNet: keys 1, 3, 5, ... follow the reference's attention-processor order, shapes its cross-attention layers."""
+    gen = torch.Generator().manual_seed(seed)
+    cross = reference_unet.config.cross_attention_dim
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen) * std
+
+    image_proj = {"proj.weight": rand(4 * cross, IMAGE_EMBED_DIM), "proj.bias": rand(4 * cross),
+                  "norm.weight": 1 + rand(cross), "norm.bias": rand(cross)}
+    ip_adapter = {}
+    modules = dict(reference_unet.named_modules())
+    key_id = 1
+    for name in reference_unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        attn = modules[name[: -len(".processor")]]
+        ip_adapter[f"{key_id}.to_k_ip.weight"] = rand(attn.to_k.out_features, cross)
+        ip_adapter[f"{key_id}.to_v_ip.weight"] = rand(attn.to_v.out_features, cross)
+        key_id += 2
+    return {"image_proj": image_proj, "ip_adapter": ip_adapter}
+
+
+def save_ip_adapter(state: dict[str, dict[str, torch.Tensor]], path: Path) -> Path:
+    """`.safetensors`: flat ``image_proj.*`` / ``ip_adapter.*`` keys; `.bin`: the nested dict (torch.save)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({f"{part}.{k}": v.contiguous() for part, sd in state.items() for k, v in sd.items()}, str(path))
+    else:
+        torch.save(state, str(path))
+    return path

@@ -19,14 +19,15 @@ from ..components.adapters import lora as _lora
 from ..components.adapters.files import AdapterFileError, adapter_metadata, load_adapter_file
 from ..components.adapters.lora_formats import split_lora_state_dict
 from ..components.adapters.model_mixin import LORA_WEIGHT_NAME
+from .ip_adapter import IPAdapterMixin
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["AdaptersMixin"]
 
 
-class AdaptersMixin:
-    """LoRA loading and control for a pipeline's components (see docs/adapters.md)."""
+class AdaptersMixin(IPAdapterMixin):
+    """LoRA, textual inversion and IP-Adapter loading and control for a pipeline's components (docs/adapters.md)."""
 
     components: dict[str, Any]
 

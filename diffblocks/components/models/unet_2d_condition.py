@@ -296,8 +296,8 @@ class UNet2DConditionModel(ModelMixin, _ConditioningEmbeddings):
 
         `down_block_additional_residuals` / `mid_block_additional_residual` are ControlNet outputs, added to the
         skip connections and to the mid block output. `added_cond_kwargs` holds SDXL's `text_embeds` and
-        `time_ids`. Masks are (B, L) keep-masks (1 = attend). `cross_attention_kwargs={"scale": s}` scales the
-        LoRA adapters for this call.
+        `time_ids` (and `image_embeds` with an IP-Adapter loaded). Masks are (B, L) keep-masks (1 = attend).
+        `cross_attention_kwargs={"scale": s}` scales the LoRA adapters for this call.
         """
         if (down_block_additional_residuals is None) != (mid_block_additional_residual is None):
             raise ValueError("ControlNet residuals come in pairs: pass both down_block_additional_residuals and "
@@ -313,10 +313,14 @@ class UNet2DConditionModel(ModelMixin, _ConditioningEmbeddings):
                           concat_class=self.config.class_embeddings_concat)
         if self.time_embed_act is not None:
             emb = self.time_embed_act(emb)
-        if self.encoder_hid_proj is not None:
-            encoder_hidden_states = self.encoder_hid_proj(encoder_hidden_states)
-
         cross_attention_kwargs = dict(cross_attention_kwargs or {})
+        if self._encoder_hid_dim_type == "ip_image_proj":  # IP-Adapter: image tokens to the IP attention layers
+            from ..adapters.ip_adapter import ip_adapter_tokens  # (the adapters import the models)
+
+            encoder_hidden_states, cross_attention_kwargs["ip_hidden_states"] = ip_adapter_tokens(
+                self, encoder_hidden_states, added_cond_kwargs)
+        elif self.encoder_hid_proj is not None:
+            encoder_hidden_states = self.encoder_hid_proj(encoder_hidden_states)
         with lora_scale(self, cross_attention_kwargs.pop("scale", None)):
             return self._forward(sample, emb, encoder_hidden_states, attention_mask, cross_attention_kwargs or None,
                                  encoder_attention_mask, down_block_additional_residuals,

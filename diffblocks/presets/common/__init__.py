@@ -10,15 +10,18 @@ the helpers in `utils` serve every family (Flux included).
 - `denoise`: the denoise loop steps and loop wrappers
 - `decoders`: VAE decode
 - `auto`: the auto steps that pick a workflow from the inputs
+- `ip_adapter`: the IP-Adapter image-embedding steps
 - `utils`: component lookups, size and batch checks, latent scaling, default component specs
 """
 
-from . import auto, before_denoise, decoders, denoise, encoders, utils
+from . import auto, before_denoise, decoders, denoise, encoders, ip_adapter, utils
 from .auto import *  # noqa: F403  (each module's __all__)
 from .before_denoise import *  # noqa: F403  (each module's __all__)
 from .decoders import *  # noqa: F403  (each module's __all__)
 from .denoise import *  # noqa: F403  (each module's __all__)
 from .encoders import *  # noqa: F403  (each module's __all__)
+from .ip_adapter import *  # noqa: F403  (each module's __all__)
 from .utils import *  # noqa: F403  (each module's __all__)
 
-__all__ = [name for module in (auto, before_denoise, decoders, denoise, encoders, utils) for name in module.__all__]
+__all__ = [name for module in (auto, before_denoise, decoders, denoise, encoders, ip_adapter,
+                                                             utils) for name in module.__all__]

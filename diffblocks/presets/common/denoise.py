@@ -20,6 +20,7 @@ from ...components.schedulers import (
 )
 from ...components.spec import ComponentSpec
 from ...runtime.callbacks import StepEndCallback, TensorView, attr_view, concat_view, step_callback_inputs
+from .ip_adapter import image_embeds_field
 from .utils import (
     guidance_inputs,
     guider_for_call,
@@ -85,7 +86,11 @@ class LoopDenoiser(ModularPipelineBlocks):
     guider_input_fields: dict[str, tuple[str, str]] = {
         "encoder_hidden_states": ("prompt_embeds", "negative_prompt_embeds"),
     }
-    _added_cond_keys = ("text_embeds", "time_ids")
+    # optional (cond, uncond) lists of per-adapter tensors: IP-Adapter image embeddings (see common.ip_adapter)
+    optional_guider_fields: dict[str, tuple[str, str]] = {
+        "image_embeds": ("ip_adapter_embeds", "negative_ip_adapter_embeds"),
+    }
+    _added_cond_keys = ("text_embeds", "time_ids", "image_embeds")
 
     @property
     def description(self) -> str:
@@ -101,6 +106,8 @@ class LoopDenoiser(ModularPipelineBlocks):
         for cond, uncond in self.guider_input_fields.values():
             params += [InputParam(cond, type_hint=torch.Tensor, required=True),
                        InputParam(uncond, type_hint=torch.Tensor)]
+        for cond, uncond in self.optional_guider_fields.values():
+            params += [InputParam(cond, type_hint=list), InputParam(uncond, type_hint=list)]
         return params
 
     def static_fields(self, block_state) -> dict[str, Any]:
@@ -109,6 +116,11 @@ class LoopDenoiser(ModularPipelineBlocks):
         if fields is None:
             fields = {key: (getattr(block_state, c), getattr(block_state, u))
                       for key, (c, u) in self.guider_input_fields.items()}
+            for key, (c, u) in self.optional_guider_fields.items():
+                if getattr(block_state, c) is not None:
+                    batch = fields["encoder_hidden_states"][0].shape[0]
+                    fields[key] = image_embeds_field(type(self).__name__, getattr(block_state, c),
+                                                     getattr(block_state, u), batch)
             block_state.__dict__["_guider_fields"] = fields
         return fields
 
@@ -117,6 +129,8 @@ class LoopDenoiser(ModularPipelineBlocks):
         sample = values.pop("sample")
         added = {k: values.pop(k) for k in self._added_cond_keys if k in values}
         if added:
+            if "image_embeds" in added:  # per-adapter dict (batched by the guider) -> the UNet's list
+                added["image_embeds"] = list(added["image_embeds"].values())
             values["added_cond_kwargs"] = added
         return sample, values
 
