@@ -122,3 +122,17 @@ def save_ip_adapter(state: dict[str, dict[str, torch.Tensor]], path: Path) -> Pa
     else:
         torch.save(state, str(path))
     return path
+
+
+def seeded_images(pipe, ours: bool, **kwargs):
+    """One seeded call of a reference pipeline or of ours (numpy images), with the same arguments."""
+    extra = {"output": "images"} if ours else {}
+    out = pipe(**kwargs, generator=torch.Generator().manual_seed(0), output_type="np", **extra)
+    return out if ours else out.images
+
+
+def assert_close(got, expected, tol: float = 1e-4) -> None:
+    import numpy as np
+
+    err = np.abs(got - expected).max()
+    assert err <= tol, f"max abs difference {err:.2e} > {tol}"

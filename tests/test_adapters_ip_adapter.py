@@ -6,7 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from adapter_fixtures import add_image_encoder, random_ip_adapter, save_ip_adapter
+from adapter_fixtures import (
+    add_image_encoder,
+    assert_close,
+    random_ip_adapter,
+    save_ip_adapter,
+    seeded_images,
+)
 from fixtures_sd import build_sd15, build_sdxl, test_image
 
 from diffblocks.components.adapters import AdapterFileError, adapter_version
@@ -16,7 +22,6 @@ from diffblocks.presets.sdxl import StableDiffusionXLAutoBlocks
 from diffblocks.presets.sdxl.encoders import StableDiffusionXLAutoIPAdapterStep
 
 diffusers = pytest.importorskip("diffusers")
-TOL = 1e-4
 KW = dict(prompt="a red cat", negative_prompt="blurry", num_inference_steps=2)
 
 
@@ -57,16 +62,14 @@ def _ours(folder):
 
 
 def ref_image(pipe, **kwargs):
-    return pipe(**{**KW, **kwargs}, generator=torch.Generator().manual_seed(0), output_type="np").images
+    return seeded_images(pipe, False, **{**KW, **kwargs})
 
 
 def our_image(pipe, **kwargs):
-    return pipe(**{**KW, **kwargs}, generator=torch.Generator().manual_seed(0), output_type="np", output="images")
+    return seeded_images(pipe, True, **{**KW, **kwargs})
 
 
-def close(got, expected, tol=TOL):
-    err = np.abs(got - expected).max()
-    assert err <= tol, f"max abs difference {err:.2e} > {tol}"
+close = assert_close
 
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
