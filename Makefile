@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint bench clean
+.PHONY: test demo demo-model lint bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -20,6 +20,11 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/diffblocks demo
+
+# Regenerates the data set and retrains the bundled demo model into diffblocks/assets/demo_model (CPU, see its README).
+demo-model: $(STAMP)
+	$(PY) -m diffblocks.demo_data.recipe --work build/demo_model
+	$(PY) bench/prompt_adherence.py --save-grid build/demo_model/adherence.png
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check diffblocks tests bench

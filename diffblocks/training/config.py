@@ -48,6 +48,8 @@ class TrainingConfig:
     resolution: int = _opt(512, "training resolution (a multiple of 8)")
     center_crop: bool = _opt(False, "centre crop instead of random crop")
     random_flip: bool = _opt(False, "random horizontal flips")
+    proportion_empty_prompts: float = _opt(0.0, "fraction of captions replaced by the empty prompt (trains the "
+                                                "unconditional prediction classifier-free guidance uses)")
     dataloader_num_workers: int = _opt(0, "data loading worker processes")
     # dreambooth
     instance_data_dir: str | None = _opt(None, "DreamBooth: folder of instance images")

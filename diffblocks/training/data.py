@@ -192,8 +192,12 @@ class TrainingDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, examples: list[Example], resolution: int, center_crop: bool = False,
-                 random_flip: bool = False, seed: int = 0, class_examples: list[Example] | None = None) -> None:
+                 random_flip: bool = False, seed: int = 0, class_examples: list[Example] | None = None,
+                 proportion_empty_prompts: float = 0.0) -> None:
+        if not 0.0 <= proportion_empty_prompts <= 1.0:
+            raise ValueError(f"--proportion_empty_prompts must be in [0, 1], got {proportion_empty_prompts}")
         self.examples = examples
+        self.proportion_empty_prompts = proportion_empty_prompts
         self.class_examples = class_examples or []
         self.resolution = resolution
         self.center_crop = center_crop
@@ -210,7 +214,11 @@ class TrainingDataset(torch.utils.data.Dataset):
     def _item(self, ex: Example, index: int, salt: int) -> dict[str, Any]:
         rng = random.Random(hash((self.seed, self.epoch, index, salt)))
         image = transform_image(ex.load(), self.resolution, self.center_crop, self.random_flip, rng)
-        return {"image": image, "prompt": ex.caption}
+        prompt = ex.caption
+        # drawn after the augmentation so that p = 0 leaves every other random stream as it was
+        if self.proportion_empty_prompts and salt == 0 and rng.random() < self.proportion_empty_prompts:
+            prompt = ""
+        return {"image": image, "prompt": prompt}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self._item(self.examples[index % len(self.examples)], index, 0)

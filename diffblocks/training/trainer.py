@@ -190,7 +190,8 @@ class Trainer:
         else:
             class_examples = None
         self.dataset = TrainingDataset(self.examples, cfg.resolution, cfg.center_crop, cfg.random_flip,
-                                       seed=cfg.seed or 0, class_examples=class_examples)
+                                       seed=cfg.seed or 0, class_examples=class_examples,
+                                       proportion_empty_prompts=cfg.proportion_empty_prompts)
 
         batches = len(shard_batches(len(self.dataset), cfg.train_batch_size, 0, 0, acc.process_index,
                                     acc.num_processes))
