@@ -24,7 +24,7 @@ demo: $(STAMP)
 # Regenerates the data set and retrains the bundled demo model into diffblocks/assets/demo_model (CPU, see its README).
 demo-model: $(STAMP)
 	$(PY) -m diffblocks.demo_data.recipe --work build/demo_model
-	$(PY) bench/prompt_adherence.py --save-grid build/demo_model/adherence.png
+	$(PY) bench/prompt_adherence.py --model diffblocks/assets/demo_model --out-dir build/demo_model/adherence
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check diffblocks tests bench

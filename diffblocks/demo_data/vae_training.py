@@ -48,7 +48,8 @@ def load_images(folder: str | Path) -> torch.Tensor:
 
 def train_vae(config: dict[str, Any], images: torch.Tensor, steps: int, batch_size: int = 32, lr: float = 2e-3,
               kl_weight: float = 1e-6, seed: int = 0, progress: bool = True) -> VaeTrainingResult:
-    """Train an `AutoencoderKL.from_config(config)` on `images` ((N, 3, H, W) in [-1, 1]); cosine LR decay."""
+    """Train an `AutoencoderKL.from_config(config)` on `images` ((N, 3, H, W) in [-1, 1]); linear warm-up over
+    min(100, steps / 10) steps, then cosine decay."""
     from tqdm.auto import tqdm
 
     from ..components.models import AutoencoderKL
@@ -58,8 +59,9 @@ def train_vae(config: dict[str, Any], images: torch.Tensor, steps: int, batch_si
     vae = AutoencoderKL.from_config(config)
     vae.train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    warmup = max(1, min(100, steps // 10))
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     indices: list[int] = []
