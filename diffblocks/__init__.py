@@ -42,6 +42,8 @@ _EXPORTS: dict[str, str] = {
     "ProgressEvent": "diffblocks.runtime.execution",
     "BlockCache": "diffblocks.runtime.cache",
     "PreviewCallback": "diffblocks.presets.previews",
+    # the bundled trained demo model
+    "demo_model_path": "diffblocks.assets",
     # components
     "ComponentSpec": "diffblocks.components.spec",
     "ComponentsManager": "diffblocks.components.manager",

@@ -83,6 +83,10 @@ def _check_before_loading(args: argparse.Namespace) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    if args.model is None:
+        from ..assets import demo_model_path
+
+        args.model = str(demo_model_path())
     pipeline_options.check_arguments(args)
     if (args.prompt is None) == (args.prompts_file is None):
         raise SystemExit("diffblocks generate: give either --prompt or --prompts-file")
@@ -118,8 +122,9 @@ def _generate(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     gen_p = sub.add_parser("generate", help="generate images with an SD / SDXL / Flux folder or repo "
                                             "(model_index.json); parameters are stored in each PNG")
-    gen_p.add_argument("--model", required=True, help="diffusers-format folder or Hub repo id, or a single-file "
-                                                       "checkpoint (.safetensors) (required)")
+    gen_p.add_argument("--model", help="diffusers-format folder or Hub repo id, or a single-file checkpoint "
+                                       "(.safetensors) (default: the bundled demo model, which draws 'a {color} "
+                                       "{shape} on a {background} background')")
     gen_p.add_argument("--config", help="(single-file --model) diffusers-format folder or repo for configs and the "
                                         "components the file lacks (default: the shipped standard config)")
     gen_p.add_argument("--prompt", help="the prompt (or --prompts-file) (default: none)")
