@@ -32,7 +32,8 @@ def _run(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     from ..training.config import WORKFLOWS, build_parser
 
-    train_p = subparsers.add_parser("train", help="fine-tune, DreamBooth or LoRA-train an SD 1.x/2.x model")
+    train_p = subparsers.add_parser("train",
+                                    help="fine-tune, DreamBooth or LoRA-train an SD 1.x/2.x or SDXL model")
     workflows = train_p.add_subparsers(dest="workflow", required=True)
     for name in WORKFLOWS:
         sub = workflows.add_parser(name, help=HELPS[name])

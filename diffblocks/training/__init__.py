@@ -1,7 +1,8 @@
 """Training on the same components and blocks as inference: text-to-image fine-tuning, DreamBooth, LoRA.
 
 `train_text2image(...)` / `train_dreambooth(...)` (or `train(TrainingConfig(...))`) run a whole workflow on
-accelerate; `TEXT2IMAGE_TRAIN_BLOCKS` / `DREAMBOOTH_TRAIN_BLOCKS` are the per-step block graphs to edit.
+accelerate; `TEXT2IMAGE_TRAIN_BLOCKS` / `DREAMBOOTH_TRAIN_BLOCKS` (SD 1.x/2.x) and `SDXL_TEXT2IMAGE_TRAIN_BLOCKS` /
+`SDXL_DREAMBOOTH_TRAIN_BLOCKS` are the per-step block graphs to edit (the model family picks the default).
 Names resolve lazily, so the CLI can build its option parser without importing torch.
 """
 
@@ -14,6 +15,8 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["DREAMBOOTH_TRAIN_BLOCKS", "TEXT2IMAGE_TRAIN_BLOCKS", "AddNoiseStep", "DiffusionLossStep",
                      "ModelPredictionStep", "OptimizerStep", "PriorPreservationLossStep", "SampleNoiseStep",
                      "TargetStep", "TrainingStepBlocks"], "blocks"),
+    **dict.fromkeys(["SDXL_DREAMBOOTH_TRAIN_BLOCKS", "SDXL_TEXT2IMAGE_TRAIN_BLOCKS", "StableDiffusionXLTimeIdsStep",
+                     "StableDiffusionXLTrainingStepBlocks"], "sdxl"),
     **dict.fromkeys(["TrainingConfig", "TrainingConfigError", "TrainingDataError"], "config"),
     **dict.fromkeys(["EMAWeights"], "ema"),
     **dict.fromkeys(["compute_snr", "diffusion_loss", "min_snr_weights", "prior_preservation_loss",

@@ -148,6 +148,11 @@ class ModelPredictionStep(ModularPipelineBlocks):
         kwargs: dict[str, Any] = {}
         if bs.added_cond_kwargs is not None:
             kwargs["added_cond_kwargs"] = bs.added_cond_kwargs
+        elif components.unet.config.addition_embed_type == "text_time":
+            raise BlockInputError("Block 'ModelPredictionStep': the UNet is SDXL-type (addition_embed_type "
+                                  "'text_time') and needs input 'added_cond_kwargs' (text_embeds, time_ids); train "
+                                  "with the SDXL graph (SDXL_TEXT2IMAGE_TRAIN_BLOCKS), whose 'time_ids' block makes "
+                                  "it.", block="ModelPredictionStep", input_name="added_cond_kwargs")
         bs.model_pred = components.unet(bs.noisy_latents, bs.timesteps, bs.prompt_embeds, return_dict=False,
                                         **kwargs)[0]
         self.set_block_state(state, bs)

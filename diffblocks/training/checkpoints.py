@@ -63,14 +63,12 @@ def save_checkpoint(path: Path, accelerator, trainer: Any, global_step: int) -> 
     accelerator.save_state(str(path))
     save_file({"state": trainer.generator.get_state()}, str(_generator_file(path, accelerator.process_index)))
     if accelerator.is_main_process:
-        m = trainer.models
+        trained = dict(zip(trainer.trained_names, trainer.trained))  # unet (+ text_encoder, text_encoder_2)
         if cfg.lora:
-            models = {"unet": m.unet, **({"text_encoder": m.text_encoder} if cfg.train_text_encoder else {})}
-            save_lora_weights(path, models)
+            save_lora_weights(path, trained)
         else:
-            m.unet.save_pretrained(str(path / "unet"))
-            if cfg.train_text_encoder:
-                m.text_encoder.save_pretrained(str(path / "text_encoder"))
+            for name, model in trained.items():
+                model.save_pretrained(str(path / name))
         if trainer.ema is not None:
             save_file(trainer.ema.state_dict(), str(path / "ema.safetensors"))
         (path / "training_state.json").write_text(json.dumps({"global_step": global_step}) + "\n")

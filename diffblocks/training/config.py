@@ -33,7 +33,10 @@ def _opt(default: Any, help: str, **argparse_kwargs: Any) -> Any:
 class TrainingConfig:
     """Everything a training run needs. Field names are the CLI option names without the leading `--`."""
 
-    pretrained_model_name_or_path: str | None = _opt(None, "diffusers-format folder or Hub repo to start from")
+    pretrained_model_name_or_path: str | None = _opt(None, "diffusers-format SD 1.x/2.x or SDXL folder or Hub repo "
+                                                           "to start from (the family is read from model_index.json)")
+    pretrained_vae_model_name_or_path: str | None = _opt(None, "a VAE folder or Hub repo to use instead of the "
+                                                               "model's (SDXL: e.g. an fp16-safe VAE)")
     workflow: str = _opt("text2image", "text2image or dreambooth", cli=False)
     revision: str | None = _opt(None, "Hub revision of the pretrained model")
     variant: str | None = _opt(None, "weights variant, e.g. fp16")
@@ -45,7 +48,7 @@ class TrainingConfig:
     caption_column: str = _opt("text", "caption column of the dataset / metadata.jsonl")
     max_train_samples: int | None = _opt(None, "use only this many examples")
     cache_dir: str | None = _opt(None, "download cache")
-    resolution: int = _opt(512, "training resolution (a multiple of 8)")
+    resolution: int | None = _opt(None, "training resolution, a multiple of 8 (default: 512; SDXL 1024)")
     center_crop: bool = _opt(False, "centre crop instead of random crop")
     random_flip: bool = _opt(False, "random horizontal flips")
     proportion_empty_prompts: float = _opt(0.0, "fraction of captions replaced by the empty prompt (trains the "
@@ -116,7 +119,7 @@ class TrainingConfig:
             problems.append(f"workflow={self.workflow!r} is not one of {WORKFLOWS}")
         if not self.pretrained_model_name_or_path:
             problems.append("--pretrained_model_name_or_path is required")
-        if self.resolution <= 0 or self.resolution % 8:
+        if self.resolution is not None and (self.resolution <= 0 or self.resolution % 8):
             problems.append(f"--resolution={self.resolution} must be a positive multiple of 8 (the VAE downsamples "
                             "by 8), e.g. 512 or 768")
         for name in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "validation_steps",

@@ -30,6 +30,7 @@ __all__ = [
     "hub_dataset_examples",
     "shard_batches",
     "transform_image",
+    "transform_image_with_crop",
 ]
 
 logger = logging.getLogger(__name__)
@@ -166,6 +167,16 @@ def transform_image(image: Image.Image, resolution: int, center_crop: bool, rand
 
     Returns a (3, resolution, resolution) float tensor in [0, 1]; the VAE encoder step normalises it.
     """
+    return transform_image_with_crop(image, resolution, center_crop, random_flip, rng)[0]
+
+
+def transform_image_with_crop(image: Image.Image, resolution: int, center_crop: bool, random_flip: bool,
+                              rng: random.Random) -> tuple[torch.Tensor, tuple[int, int]]:
+    """`transform_image` plus the crop's top-left (y, x) in the resized image as the SDXL scripts record it.
+
+    The SDXL scripts flip the resized image before cropping, so x is measured in the flipped image: cropping at
+    `left` and then flipping gives the same pixels as flipping and cropping at `new_w - left - resolution`.
+    """
     w, h = image.size
     if w <= h:
         new_w, new_h = resolution, int(resolution * h / w)
@@ -178,14 +189,17 @@ def transform_image(image: Image.Image, resolution: int, center_crop: bool, rand
     else:
         top, left = rng.randint(0, new_h - resolution), rng.randint(0, new_w - resolution)
     image = image.crop((left, top, left + resolution, top + resolution))
+    crop_x = left
     if random_flip and rng.random() < 0.5:
         image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        crop_x = new_w - left - resolution
     arr = np.asarray(image, dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), (top, crop_x)
 
 
 class TrainingDataset(torch.utils.data.Dataset):
-    """Examples -> {"image": (3, R, R) tensor in [0, 1], "prompt": str, "is_class": bool}.
+    """Examples -> {"image": (3, R, R) tensor in [0, 1], "prompt": str, "original_size": (h, w),
+    "crop_top_left": (y, x)} (the last two are SDXL's micro-conditioning, recorded for every family).
 
     `set_epoch` reseeds the augmentation so example i of epoch e always gets the same crop and flip.
     `class_examples` (DreamBooth prior preservation) are paired with instance examples by index.
@@ -213,30 +227,33 @@ class TrainingDataset(torch.utils.data.Dataset):
 
     def _item(self, ex: Example, index: int, salt: int) -> dict[str, Any]:
         rng = random.Random(hash((self.seed, self.epoch, index, salt)))
-        image = transform_image(ex.load(), self.resolution, self.center_crop, self.random_flip, rng)
+        picture = ex.load()
+        image, crop = transform_image_with_crop(picture, self.resolution, self.center_crop, self.random_flip, rng)
         prompt = ex.caption
         # drawn after the augmentation so that p = 0 leaves every other random stream as it was
         if self.proportion_empty_prompts and salt == 0 and rng.random() < self.proportion_empty_prompts:
             prompt = ""
-        return {"image": image, "prompt": prompt}
+        # SDXL micro-conditioning: the size before resizing (height, width) and where the crop started
+        return {"image": image, "prompt": prompt, "original_size": (picture.height, picture.width),
+                "crop_top_left": crop}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self._item(self.examples[index % len(self.examples)], index, 0)
         if self.class_examples:
             cls = self._item(self.class_examples[index % len(self.class_examples)], index, 1)
-            item["class_image"], item["class_prompt"] = cls["image"], cls["prompt"]
+            item.update({f"class_{k}": v for k, v in cls.items()})
         return item
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack a batch; DreamBooth class examples go after the instance ones (one forward for both)."""
-    images = [it["image"] for it in items]
-    prompts = [it["prompt"] for it in items]
-    num_instance = len(items)
+    keys = ("image", "prompt", "original_size", "crop_top_left")
+    columns = {k: [it[k] for it in items] for k in keys}
     if "class_image" in items[0]:
-        images += [it["class_image"] for it in items]
-        prompts += [it["class_prompt"] for it in items]
-    return {"image": torch.stack(images), "prompt": prompts, "num_instance": num_instance}
+        for k in keys:
+            columns[k] += [it[f"class_{k}"] for it in items]
+    return {"image": torch.stack(columns["image"]), "prompt": columns["prompt"], "num_instance": len(items),
+            "original_sizes": columns["original_size"], "crop_top_lefts": columns["crop_top_left"]}
 
 
 def shard_batches(num_examples: int, batch_size: int, seed: int, epoch: int, process_index: int,

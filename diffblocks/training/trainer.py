@@ -33,7 +33,15 @@ from .data import (
 )
 from .ema import EMAWeights
 from .lora import TEXT_ENCODER_LORA_TARGETS, UNET_LORA_TARGETS, add_lora, save_lora_weights
-from .models import TrainingModels, load_training_models, write_model_folder
+from .models import (
+    DEFAULT_RESOLUTION,
+    TrainingModels,
+    load_training_models,
+    model_family,
+    resolve_model_folder,
+    write_model_folder,
+)
+from .sdxl import SDXL_DREAMBOOTH_TRAIN_BLOCKS, SDXL_TEXT2IMAGE_TRAIN_BLOCKS
 from .validation import generate_class_images, validation_images
 
 __all__ = ["TrainingResult", "train", "train_dreambooth", "train_text2image"]
@@ -118,9 +126,10 @@ def _optimizer(config: TrainingConfig, params: list[torch.nn.Parameter], lr: flo
 
 
 def _release_accelerate_state() -> None:
-    # accelerate keeps one process-wide AcceleratorState: without this a second run in the same Python process
-    # (e.g. bf16 then fp32) would silently inherit the first run's mixed precision. The PartialState (process
-    # group, device) stays.
+    # accelerate keeps one process-wide AcceleratorState: a second run in the same Python process with another
+    # --mixed_precision is refused by accelerate ("already initialized") unless it is reset. accelerate has no
+    # public reset (its own tests call these), so this is the one private accelerate call left; the
+    # PartialState (process group, device) stays.
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state()
@@ -129,8 +138,9 @@ def _release_accelerate_state() -> None:
 
 def _set_sync(accelerator, sync: bool) -> None:
     # accelerate's `accumulate` counts micro-batches across epochs; we sync at each epoch end as well, like a
-    # prepared dataloader does, so the data position of a checkpoint is always an epoch + batch index.
-    accelerator.gradient_state._set_sync_gradients(sync)
+    # prepared dataloader does, so the data position of a checkpoint is always an epoch + batch index. The
+    # public `Accelerator.sync_gradients` setter is what the optimizer/scheduler wrappers and clipping read.
+    accelerator.sync_gradients = sync
 
 
 class Trainer:
@@ -138,8 +148,24 @@ class Trainer:
 
     def __init__(self, config: TrainingConfig, blocks: SequentialPipelineBlocks | None = None) -> None:
         self.config = config
-        default = DREAMBOOTH_TRAIN_BLOCKS if config.workflow == "dreambooth" else TEXT2IMAGE_TRAIN_BLOCKS
-        self.blocks = blocks or SequentialPipelineBlocks.from_blocks_dict(default)
+        self._blocks = blocks
+
+    @property
+    def blocks(self) -> SequentialPipelineBlocks:
+        """The training-step graph: the one passed in, else the default of the model's family and workflow."""
+        if self._blocks is None:
+            family = self.models.family if getattr(self, "models", None) is not None else \
+                model_family(resolve_model_folder(self.config))
+            dreambooth = self.config.workflow == "dreambooth"
+            default = {("sd", False): TEXT2IMAGE_TRAIN_BLOCKS, ("sd", True): DREAMBOOTH_TRAIN_BLOCKS,
+                       ("sdxl", False): SDXL_TEXT2IMAGE_TRAIN_BLOCKS,
+                       ("sdxl", True): SDXL_DREAMBOOTH_TRAIN_BLOCKS}[(family, dreambooth)]
+            self._blocks = SequentialPipelineBlocks.from_blocks_dict(default)
+        return self._blocks
+
+    @blocks.setter
+    def blocks(self, blocks: SequentialPipelineBlocks) -> None:
+        self._blocks = blocks
 
     # -- setup ---------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -157,22 +183,25 @@ class Trainer:
         self.models: TrainingModels = load_training_models(cfg, acc.device)
         cfg.validate(has_text_encoder=self.models.text_encoder is not None)
         m = self.models
+        if cfg.resolution is None:  # the family's default, as the reference scripts (512; SDXL 1024)
+            self.config = cfg = cfg.replace(resolution=DEFAULT_RESOLUTION[m.family])
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision, torch.float32)
 
+        encoders = m.text_encoders  # SDXL: text_encoder and text_encoder_2, trained together
         m.vae.requires_grad_(False)
-        if m.text_encoder is not None:
-            m.text_encoder.requires_grad_(cfg.train_text_encoder and not cfg.lora)
+        for encoder in encoders.values():
+            encoder.requires_grad_(cfg.train_text_encoder and not cfg.lora)
         m.unet.requires_grad_(not cfg.lora)
         if cfg.lora:
             add_lora(m.unet, UNET_LORA_TARGETS, cfg.rank, cfg.lora_alpha)
             if cfg.train_text_encoder:
-                add_lora(m.text_encoder, TEXT_ENCODER_LORA_TARGETS, cfg.rank, cfg.lora_alpha)
-        self.trained = [m.unet] + ([m.text_encoder] if cfg.train_text_encoder else [])
+                for encoder in encoders.values():
+                    add_lora(encoder, TEXT_ENCODER_LORA_TARGETS, cfg.rank, cfg.lora_alpha)
+        self.trained_names = ["unet"] + (list(encoders) if cfg.train_text_encoder else [])
+        self.trained = [getattr(m, name) for name in self.trained_names]
         # frozen weights in the compute dtype; trained ones stay float32 (mixed precision autocasts)
         m.vae.to(acc.device, dtype=self.weight_dtype)
-        for model in (m.unet, m.text_encoder):
-            if model is None:
-                continue
+        for model in (m.unet, *encoders.values()):
             if model in self.trained and not cfg.lora:
                 model.to(acc.device)
             else:
@@ -183,7 +212,8 @@ class Trainer:
         if cfg.gradient_checkpointing:
             m.unet.enable_gradient_checkpointing()
             if cfg.train_text_encoder:
-                m.text_encoder.gradient_checkpointing_enable()
+                for encoder in encoders.values():
+                    encoder.gradient_checkpointing_enable()
 
         if cfg.workflow == "dreambooth" and cfg.with_prior_preservation:
             class_examples = generate_class_images(cfg, acc, m)
@@ -215,11 +245,14 @@ class Trainer:
         self.ema = EMAWeights(m.unet.parameters()) if cfg.use_ema else None
         self.generator = torch.Generator().manual_seed((cfg.seed or 0) + acc.process_index)
 
-        components = {"unet": _Prepared(self.wrapped[0], m.unet), "vae": m.vae, "tokenizer": m.tokenizer,
-                      "text_encoder": m.text_encoder, "noise_scheduler": m.noise_scheduler, "guider": m.guider,
-                      "image_processor": m.image_processor}
-        if cfg.train_text_encoder:
-            components["text_encoder"] = _Prepared(self.wrapped[1], m.text_encoder)
+        components = {"vae": m.vae, "tokenizer": m.tokenizer, "text_encoder": m.text_encoder,
+                      "noise_scheduler": m.noise_scheduler, "guider": m.guider, "image_processor": m.image_processor}
+        if m.family == "sdxl":
+            components.update(text_encoder_2=m.text_encoder_2, tokenizer_2=m.tokenizer_2)
+        for name, model, wrapped in zip(self.trained_names, self.trained, self.wrapped):
+            components[name] = _Prepared(wrapped, model)
+        for spec in self.blocks.expected_configs:  # pipeline settings (force_zeros_for_empty_prompt, ...)
+            components.setdefault(spec.name, m.model_index.get(spec.name, spec.default))
         self.components = ComponentsNamespace(components)
         if acc.is_main_process:
             acc.init_trackers(f"diffblocks-{cfg.workflow}", config={k: v for k, v in vars(cfg).items()
@@ -232,7 +265,8 @@ class Trainer:
                   "generator": self.generator, "noise_offset": cfg.noise_offset, "snr_gamma": cfg.snr_gamma,
                   "prediction_type": cfg.prediction_type, "accelerator": self.accelerator,
                   "optimizer": self.optimizer, "lr_scheduler": self.lr_scheduler, "params_to_clip": self.params,
-                  "max_grad_norm": cfg.max_grad_norm}
+                  "max_grad_norm": cfg.max_grad_norm, "original_sizes": batch.get("original_sizes"),
+                  "crop_top_lefts": batch.get("crop_top_lefts")}
         if cfg.workflow == "dreambooth":
             inputs.update(num_instance=batch["num_instance"], prior_loss_weight=cfg.prior_loss_weight)
         io = self.blocks._io().input_table
@@ -332,10 +366,7 @@ class Trainer:
         cfg, acc, m = self.config, self.accelerator, self.models
         if acc.is_main_process:
             if cfg.lora:
-                models = {"unet": m.unet}
-                if cfg.train_text_encoder:
-                    models["text_encoder"] = m.text_encoder
-                path = save_lora_weights(out, models)
+                path = save_lora_weights(out, dict(zip(self.trained_names, self.trained)))
                 logger.info("Saved LoRA weights to %s", path)
             else:
                 if self.ema is not None:

@@ -19,13 +19,13 @@ logger = logging.getLogger(__name__)
 
 
 def inference_pipeline(models: Any):
-    """The SD preset pipeline of the model folder, running on the in-memory (trained) components."""
+    """The preset pipeline of the model folder (SD or SDXL), running on the in-memory (trained) components."""
     from ..runtime.pipeline import ModularPipeline
 
     pipe = ModularPipeline.from_pretrained(str(models.folder))
-    given = {"unet": models.unet, "vae": models.vae, "tokenizer": models.tokenizer}
-    if models.text_encoder is not None:
-        given["text_encoder"] = models.text_encoder
+    given = {"unet": models.unet, "vae": models.vae, "tokenizer": models.tokenizer, "tokenizer_2": models.tokenizer_2,
+             **models.text_encoders}
+    given = {k: v for k, v in given.items() if v is not None}
     pipe.update_components(**{k: v for k, v in given.items() if k in pipe.component_names})
     pipe.load_components()  # what training does not hold (the inference scheduler)
     pipe.set_progress_bar_config(disable=True)
@@ -35,7 +35,7 @@ def inference_pipeline(models: Any):
 @contextlib.contextmanager
 def _eval_weights(models: Any, ema: Any = None):
     """Models in eval mode (and the EMA weights in the UNet, when kept) for the duration."""
-    modules = [m for m in (models.unet, models.text_encoder) if m is not None]
+    modules = [models.unet, *models.text_encoders.values()]
     modes = [m.training for m in modules]
     backup = None
     if ema is not None:
