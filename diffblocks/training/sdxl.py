@@ -11,27 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from ..blocks import (
-    BlockInputError,
-    InputParam,
-    InsertableDict,
-    ModularPipelineBlocks,
-    OutputParam,
-    SequentialPipelineBlocks,
-)
+from ..blocks import BlockInputError, InputParam, InsertableDict, ModularPipelineBlocks, OutputParam
 from ..components.models import AutoencoderKL, UNet2DConditionModel
 from ..components.spec import ComponentSpec
 from ..presets.common import vae_scale_factor
 from ..presets.sdxl import StableDiffusionXLTextEncoderStep, StableDiffusionXLVaeEncoderStep
-from .blocks import (
-    AddNoiseStep,
-    DiffusionLossStep,
-    ModelPredictionStep,
-    OptimizerStep,
-    PriorPreservationLossStep,
-    SampleNoiseStep,
-    TargetStep,
-)
+from .blocks import TEXT2IMAGE_TRAIN_BLOCKS, PriorPreservationLossStep, TrainingStepBlocks
 
 __all__ = [
     "SDXL_DREAMBOOTH_TRAIN_BLOCKS",
@@ -99,23 +84,17 @@ class StableDiffusionXLTimeIdsStep(ModularPipelineBlocks):
         return components, state
 
 
-SDXL_TEXT2IMAGE_TRAIN_BLOCKS = InsertableDict([
-    ("text_encoder", StableDiffusionXLTextEncoderStep),
-    ("vae_encoder", StableDiffusionXLVaeEncoderStep),
-    ("time_ids", StableDiffusionXLTimeIdsStep),
-    ("sample_noise", SampleNoiseStep),
-    ("add_noise", AddNoiseStep),
-    ("predict", ModelPredictionStep),
-    ("target", TargetStep),
-    ("loss", DiffusionLossStep),
-    ("optimize", OptimizerStep),
-])
+# the SD graph with SDXL's encoders and the time-id block before the noise is sampled
+SDXL_TEXT2IMAGE_TRAIN_BLOCKS = InsertableDict([*TEXT2IMAGE_TRAIN_BLOCKS.items()])
+SDXL_TEXT2IMAGE_TRAIN_BLOCKS["text_encoder"] = StableDiffusionXLTextEncoderStep
+SDXL_TEXT2IMAGE_TRAIN_BLOCKS["vae_encoder"] = StableDiffusionXLVaeEncoderStep
+SDXL_TEXT2IMAGE_TRAIN_BLOCKS.insert("time_ids", StableDiffusionXLTimeIdsStep, 2)
 
 SDXL_DREAMBOOTH_TRAIN_BLOCKS = InsertableDict([*SDXL_TEXT2IMAGE_TRAIN_BLOCKS.items()])
 SDXL_DREAMBOOTH_TRAIN_BLOCKS["loss"] = PriorPreservationLossStep
 
 
-class StableDiffusionXLTrainingStepBlocks(SequentialPipelineBlocks):
+class StableDiffusionXLTrainingStepBlocks(TrainingStepBlocks):
     """One SDXL text-to-image training step: captions + images + crop records in, loss out, weights updated."""
 
     model_name = "stable-diffusion-xl"
