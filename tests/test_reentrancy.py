@@ -185,3 +185,40 @@ def test_saved_presets_load_in_fresh_process(pipe, tmp_path):
     for name, folder in zip(pipelines, folders):
         got = torch.load(Path(folder) / "out.pt", weights_only=True)
         assert torch.equal(got, expected[name]), name
+
+
+def test_fp16_vae_upcast_is_taken_in_turns():
+    """An fp16 VAE with force_upcast is upcast for a decode by changing the shared module: concurrent calls must
+    not see it restored to fp16 mid-decode (or upcast twice)."""
+    from diffblocks import AutoencoderKL
+    from diffblocks.presets.common.utils import vae_upcast
+
+    vae = AutoencoderKL.from_config({"block_out_channels": [8], "norm_num_groups": 4, "force_upcast": True,
+                                     "down_block_types": ["DownEncoderBlock2D"],
+                                     "up_block_types": ["UpDecoderBlock2D"]}).to(torch.float16)
+    inside, release = threading.Event(), threading.Event()
+    seen: list = []
+
+    def first():
+        with vae_upcast(vae) as upcast:
+            seen.append(("first", upcast, vae.dtype))
+            inside.set()
+            release.wait(5)
+            seen.append(("first-end", vae.dtype))
+
+    def second():
+        inside.wait(5)
+        with vae_upcast(vae) as upcast:
+            seen.append(("second", upcast, vae.dtype))
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    inside.wait(5)
+    threads[1].join(0.3)
+    assert threads[1].is_alive()  # waiting for the first to finish
+    release.set()
+    for t in threads:
+        t.join(5)
+    assert seen == [("first", True, torch.float32), ("first-end", torch.float32), ("second", True, torch.float32)]
+    assert vae.dtype == torch.float16

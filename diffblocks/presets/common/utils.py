@@ -5,6 +5,8 @@ the default component specs.
 from __future__ import annotations
 
 import contextlib
+import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -153,19 +155,37 @@ def scale_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
     return vae.config.scaling_factor * latents
 
 
+_UPCAST_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_UPCAST_LOCKS_GUARD = threading.Lock()
+
+
 @contextlib.contextmanager
 def vae_upcast(vae: AutoencoderKL) -> Iterator[bool]:
     """Run the VAE in fp32 for the block when it is fp16 and its config sets `force_upcast` (the fp16 SD/SDXL VAEs
-    overflow); yields whether it did, and restores the dtype after."""
-    dtype = vae.dtype
-    upcast = dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
-    if upcast:
-        vae.to(dtype=torch.float32)
-    try:
-        yield upcast
-    finally:
+    overflow); yields whether it did, and restores the dtype after.
+
+    Upcasting changes the shared module's weights, so concurrent calls of one pipeline take turns through this
+    section (a per-VAE lock, created the first time the VAE is upcast; the dtype is read under it)."""
+    if not getattr(vae.config, "force_upcast", False):
+        yield False
+        return
+    with _UPCAST_LOCKS_GUARD:
+        lock = _UPCAST_LOCKS.get(vae)
+        if lock is None and vae.dtype == torch.float16:
+            lock = _UPCAST_LOCKS[vae] = threading.RLock()
+    if lock is None:  # never fp16 so far: nobody upcasts it
+        yield False
+        return
+    with lock:
+        dtype = vae.dtype
+        upcast = dtype == torch.float16
         if upcast:
-            vae.to(dtype=dtype)
+            vae.to(dtype=torch.float32)
+        try:
+            yield upcast
+        finally:
+            if upcast:
+                vae.to(dtype=dtype)
 
 
 def unscale_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
