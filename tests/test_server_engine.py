@@ -1,0 +1,273 @@
+"""PromptEngine: ComfyUI's default text-to-image workflow runs on a tiny SD folder and gives the Python preset's image;
+outputs are cached by input signature; validation reports ComfyUI's error types; interrupt and node errors leave
+the engine usable."""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from fixtures_sd import build_sd15
+
+from diffblocks import Interrupted, ModularPipeline
+from diffblocks.components.schedulers import EulerDiscreteScheduler
+from diffblocks.server import ExecutionHooks, NodeExecutionError, NodeRegistry, PromptEngine
+
+WORKFLOW = Path(__file__).parent / "data" / "comfyui_default_workflow_api.json"
+SIZE, STEPS = 32, 3
+
+
+def default_workflow(seed: int = 156680208700286, steps: int = STEPS) -> dict:
+    prompt = json.loads(WORKFLOW.read_text())
+    prompt["4"]["inputs"]["ckpt_name"] = "sd15"
+    prompt["5"]["inputs"].update(width=SIZE, height=SIZE)
+    prompt["3"]["inputs"].update(steps=steps, seed=seed)
+    return prompt
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def hooks(self, **overrides) -> ExecutionHooks:
+        kw = dict(on_cached=lambda ids: self.events.append(("cached", list(ids))),
+                  on_executing=lambda node: self.events.append(("executing", node)),
+                  on_progress=lambda node, value, total: self.events.append(("progress", node, value, total)),
+                  on_preview=lambda node, image: self.events.append(("preview", node, image.size)),
+                  on_executed=lambda node, ui: self.events.append(("executed", node, ui)))
+        kw.update(overrides)
+        return ExecutionHooks(**kw)
+
+    def of(self, kind: str) -> list[tuple]:
+        return [e for e in self.events if e[0] == kind]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("server-engine")
+    models = root / "models"
+    folder = build_sd15(models / "checkpoints")
+    engine = PromptEngine(models_dir=models, input_dir=root / "input", output_dir=root / "output",
+                          temp_dir=root / "temp", registry=NodeRegistry(include_blocks=False))
+    return engine, folder, root
+
+
+def run(engine: PromptEngine, prompt: dict, recorder: Recorder | None = None, prompt_id: str = "p", **hooks):
+    result = engine.validate(prompt)
+    assert result.ok, (result.error, result.node_errors)
+    recorder = recorder or Recorder()
+    return engine.execute(prompt_id, prompt, result.outputs, recorder.hooks(**hooks)), recorder
+
+
+def preset_image(folder: Path, seed: int, clip_skip: int | None = None) -> np.ndarray:
+    """The same generation through the Python SD preset: 'euler' + 'normal' is EulerDiscreteScheduler with
+    linspace timestep spacing on the checkpoint's scheduler config (samplers.py)."""
+    pipe = ModularPipeline.from_pretrained(str(folder))
+    pipe.load_components()
+    pipe.set_progress_bar_config(disable=True)
+    pipe.update_components(scheduler=EulerDiscreteScheduler.from_config(pipe.scheduler.config,
+                                                                        timestep_spacing="linspace"))
+    wf = json.loads(WORKFLOW.read_text())
+    kwargs = dict(prompt=wf["6"]["inputs"]["text"], negative_prompt=wf["7"]["inputs"]["text"],
+                  generator=torch.Generator().manual_seed(seed), num_inference_steps=STEPS,
+                  guidance_scale=float(wf["3"]["inputs"]["cfg"]), height=SIZE, width=SIZE, output="images")
+    if clip_skip is not None:
+        kwargs["clip_skip"] = clip_skip
+    return np.asarray(pipe(**kwargs)[0])
+
+
+def saved(root: Path, ui: dict, node: str = "9") -> np.ndarray:
+    entry = ui[node]["images"][0]
+    folder = root / ("output" if entry["type"] == "output" else "temp")
+    return np.asarray(PIL.Image.open(folder / entry["subfolder"] / entry["filename"]))
+
+
+def test_default_workflow_writes_png_with_prompt_and_hooks(setup):
+    engine, _, root = setup
+    prompt = default_workflow(seed=11)
+    ui, rec = run(engine, prompt)
+    entry = ui["9"]["images"][0]
+    assert entry["type"] == "output" and entry["subfolder"] == "" and entry["filename"].startswith("ComfyUI_")
+    path = root / "output" / entry["filename"]
+    with PIL.Image.open(path) as image:
+        assert image.size == (SIZE, SIZE)
+        assert json.loads(image.text["prompt"])["3"]["inputs"]["seed"] == 11  # the API prompt in the PNG
+    executing = [e[1] for e in rec.of("executing")]
+    assert executing[-1] is None and set(executing[:-1]) == set(prompt)
+    assert executing.index("3") > max(executing.index(n) for n in ("4", "5", "6", "7"))
+    assert [e[2:] for e in rec.of("progress")] == [(i, STEPS) for i in range(1, STEPS + 1)]
+    assert {e[1] for e in rec.of("progress")} == {"3"}
+    assert len(rec.of("preview")) == STEPS and all(e[1] == "3" for e in rec.of("preview"))
+    assert rec.of("executed") == [("executed", "9", ui["9"])]
+
+
+def test_parity_with_python_preset_and_clip_skip(setup):
+    engine, folder, root = setup
+    seed = 5
+    ui, _ = run(engine, default_workflow(seed=seed))
+    np.testing.assert_array_equal(saved(root, ui), preset_image(folder, seed))
+    # CLIPSetLastLayer -2 is the presets' clip_skip=1 (which, as in the reference pipelines, applies to the
+    # prompt only: the negative prompt keeps the last layer, so only node 6 goes through it here)
+    prompt = default_workflow(seed=seed)
+    prompt["10"] = {"class_type": "CLIPSetLastLayer", "inputs": {"clip": ["4", 1], "stop_at_clip_layer": -2}}
+    prompt["6"]["inputs"]["clip"] = ["10", 0]
+    ui, _ = run(engine, prompt)
+    skipped = saved(root, ui)
+    np.testing.assert_array_equal(skipped, preset_image(folder, seed, clip_skip=1))
+    assert not np.array_equal(skipped, preset_image(folder, seed))
+
+
+def test_seed_change_reruns_only_the_sampler_and_after(setup):
+    engine, _, root = setup
+    first, _ = run(engine, default_workflow(seed=21))
+    second, rec = run(engine, default_workflow(seed=22))
+    assert rec.of("cached") == [("cached", ["4", "6", "7", "5"])]
+    assert [e[1] for e in rec.of("executing")] == ["3", "8", "9", None]
+    assert not np.array_equal(saved(root, first), saved(root, second))
+    # the same prompt again: everything cached, the UI output re-reported, no new file
+    files = sorted((root / "output").iterdir())
+    third, rec = run(engine, default_workflow(seed=22))
+    assert rec.of("cached") == [("cached", ["4", "6", "7", "5", "3", "8", "9"])]
+    assert [e[1] for e in rec.of("executing")] == [None]
+    assert third == second and rec.of("executed") == [("executed", "9", second["9"])]
+    assert sorted((root / "output").iterdir()) == files
+
+
+def test_cache_is_bounded_by_memory(setup):
+    engine, folder, root = setup
+    small = PromptEngine(models_dir=engine.paths.models_dir, input_dir=root / "input", output_dir=root / "output",
+                         cache_memory=0, registry=NodeRegistry(include_blocks=False),
+                         components_manager=engine.components_manager)
+    run(small, default_workflow(seed=1))
+    _, rec = run(small, default_workflow(seed=2))
+    cached = rec.of("cached")[0][1]
+    # with no room for tensors only the nodes whose outputs hold none (loader handles, SaveImage) stay cached
+    assert "4" in cached and not {"6", "7", "5", "3", "8"} & set(cached)
+    assert small.cache.nbytes == 0
+
+
+def _errors(engine, prompt):
+    result = engine.validate(prompt)
+    assert not result.ok
+    return result
+
+
+@pytest.mark.parametrize("edit, node, kind", [
+    (lambda p: p["6"]["inputs"].pop("text"), "6", "required_input_missing"),
+    (lambda p: p["3"]["inputs"].update(positive=["6"]), "3", "bad_linked_input"),
+    (lambda p: p["3"]["inputs"].update(positive=["99", 0]), "3", "bad_linked_input"),
+    (lambda p: p["3"]["inputs"].update(positive=["6", 3]), "3", "bad_linked_input"),
+    (lambda p: p["3"]["inputs"].update(positive=["4", 0]), "3", "return_type_mismatch"),
+    (lambda p: p["3"]["inputs"].update(steps=0), "3", "value_smaller_than_min"),
+    (lambda p: p["3"]["inputs"].update(denoise=2.0), "3", "value_bigger_than_max"),
+    (lambda p: p["3"]["inputs"].update(steps="many"), "3", "invalid_input_type"),
+    (lambda p: p["3"]["inputs"].update(sampler_name="heun"), "3", "value_not_in_list"),
+    (lambda p: p["4"]["inputs"].update(ckpt_name="../../etc/passwd"), "4", "value_not_in_list"),
+    (lambda p: p["3"]["inputs"].update(sampler_name="ddim", scheduler="karras"), "3", "custom_validation_failed"),
+    (lambda p: p["8"]["inputs"].update(samples=["9", 0]), "8", "bad_linked_input"),
+])
+def test_validation_errors(setup, edit, node, kind):
+    engine = setup[0]
+    prompt = default_workflow()
+    edit(prompt)
+    result = _errors(engine, prompt)
+    assert result.error["type"] == "prompt_outputs_failed_validation"
+    assert set(result.error) == {"type", "message", "details", "extra_info"}
+    record = result.node_errors[node]
+    assert record["class_type"] == prompt[node]["class_type"] and record["dependent_outputs"] == ["9"]
+    assert [e["type"] for e in record["errors"]] == [kind]
+    assert set(record["errors"][0]) == {"type", "message", "details", "extra_info"}
+    assert len(result.node_errors) == 1  # downstream nodes are not blamed
+
+
+def test_validation_prompt_level_errors(setup):
+    engine = setup[0]
+    prompt = default_workflow()
+    prompt["3"]["class_type"] = "NoSuchNode"
+    result = _errors(engine, prompt)
+    assert result.error["type"] == "invalid_prompt" and "NoSuchNode" in result.error["message"]
+    prompt = default_workflow()
+    del prompt["9"]
+    assert _errors(engine, prompt).error["type"] == "prompt_no_outputs"
+    prompt = default_workflow()
+    del prompt["5"]["class_type"]
+    assert _errors(engine, prompt).error["type"] == "invalid_prompt"
+    prompt = default_workflow()
+    prompt["3"]["inputs"]["latent_image"] = ["8", 0]  # 8 -> 3 -> 8
+    prompt["8"]["inputs"]["samples"] = ["3", 0]
+    result = _errors(engine, prompt)
+    assert result.error["type"] in ("prompt_outputs_failed_validation",)
+    assert any(e["type"] in ("dependency_cycle", "return_type_mismatch")
+               for r in result.node_errors.values() for e in r["errors"])
+
+
+def test_interrupt_stops_within_one_step_and_next_prompt_runs(setup):
+    engine, _, root = setup
+    rec = Recorder()
+    prompt = default_workflow(seed=31, steps=50)
+
+    def on_progress(node, value, total):
+        rec.events.append(("progress", node, value, total))
+        if value == 2:
+            threading.Thread(target=engine.interrupt).start()  # from another thread, as a server does
+            threading.Event().wait(0.2)  # let it land while this step is still the current one
+
+    with pytest.raises(Interrupted):
+        run(engine, prompt, rec, on_progress=on_progress)
+    assert max(e[2] for e in rec.of("progress")) <= 3
+    ui, _ = run(engine, default_workflow(seed=32))
+    assert saved(root, ui).shape == (SIZE, SIZE, 3)
+
+
+def test_failing_node_is_named_and_next_prompt_runs(setup):
+    engine, _, root = setup
+    (root / "input").mkdir(exist_ok=True)
+    (root / "input" / "broken.png").write_bytes(b"not a png")
+    prompt = {"10": {"class_type": "LoadImage", "inputs": {"image": "broken.png"}},
+              "11": {"class_type": "PreviewImage", "inputs": {"images": ["10", 0]}}}
+    with pytest.raises(NodeExecutionError) as info:
+        run(engine, prompt)
+    err = info.value
+    assert (err.node_id, err.class_type) == ("10", "LoadImage")
+    assert err.exception_type.endswith("UnidentifiedImageError") and err.traceback
+    assert err.current_inputs == {"image": ["broken.png"]}
+    ui, _ = run(engine, default_workflow(seed=41))
+    assert saved(root, ui).shape == (SIZE, SIZE, 3)
+
+
+def test_load_image_vae_encode_img2img_and_preview(setup):
+    engine, _, root = setup
+    (root / "input").mkdir(exist_ok=True)
+    rgba = np.zeros((SIZE, SIZE, 4), dtype=np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 255
+    rgba[:8, :8, 3] = 0  # a transparent corner -> mask 1 there
+    PIL.Image.fromarray(rgba, "RGBA").save(root / "input" / "red.png")
+    prompt = default_workflow(seed=51)
+    prompt["10"] = {"class_type": "LoadImage", "inputs": {"image": "red.png"}}
+    prompt["11"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}}
+    prompt["3"]["inputs"].update(latent_image=["11", 0], denoise=0.5)
+    prompt["12"] = {"class_type": "PreviewImage", "inputs": {"images": ["10", 0]}}
+    prompt["13"] = {"class_type": "LoadImageMask", "inputs": {"image": "red.png", "channel": "alpha"}}
+    ui, rec = run(engine, prompt)
+    assert saved(root, ui).shape == (SIZE, SIZE, 3)
+    preview = saved(root, ui, "12")
+    assert ui["12"]["images"][0]["type"] == "temp" and (preview[..., 0] == 200).all()
+    # img2img at strength 0.5 of 3 steps runs int(3 * 0.5) = 1 step (the reference pipelines' get_timesteps)
+    assert [e[2:] for e in rec.of("progress")] == [(1, 1)]
+    image, mask = engine.cache.get(engine._signatures(prompt, ["10"])["10"]).outputs
+    assert image.shape == (1, SIZE, SIZE, 3) and mask.shape == (1, SIZE, SIZE)
+    assert mask[0, :8, :8].eq(1).all() and mask[0, 8:, 8:].eq(0).all()
+
+
+def test_execute_does_not_mutate_prompt_and_rejects_unknown_links(setup):
+    engine = setup[0]
+    prompt = default_workflow(seed=61)
+    before = copy.deepcopy(prompt)
+    run(engine, prompt)
+    assert prompt == before
