@@ -1,5 +1,12 @@
 """`checkpoint-N/` folders: accelerate's full state (models, optimizer, LR schedule, RNG) plus the trainable
-weights in their usable form, the EMA, this run's noise generators and the step reached."""
+weights in their usable form, the EMA, this run's noise generators and the step reached.
+
+Resuming reads safetensors and JSON only. accelerate's `save_state` writes the optimizer, LR schedule and RNG
+states with `torch.save` (pickles: `optimizer.bin`, `scheduler.bin`, `random_states_N.pkl`); they stay in the
+folder for tools that expect them, but `load_checkpoint` restores the same states from the safetensors + JSON
+copies written beside them (`optimizer_state.*`, `lr_scheduler_state.json`, `rng_state_N.*`) and the models from
+accelerate's `model*.safetensors`, so a checkpoint folder from elsewhere cannot run code when resumed.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ import torch
 
 from .config import TrainingConfigError
 from .lora import save_lora_weights
+from .state_files import get_rng_states, load_tree, save_tree, set_rng_states
 
 __all__ = ["find_checkpoint", "list_checkpoints", "load_checkpoint", "save_checkpoint"]
 
@@ -49,6 +57,11 @@ def _generator_file(path: Path, process_index: int) -> Path:
     return path / f"generator_{process_index}.safetensors"
 
 
+def _model_file(path: Path, index: int) -> Path:
+    # accelerate's save_state names the prepared models' weights model.safetensors, model_1.safetensors, ...
+    return path / ("model.safetensors" if index == 0 else f"model_{index}.safetensors")
+
+
 def save_checkpoint(path: Path, accelerator, trainer: Any, global_step: int) -> None:
     from safetensors.torch import save_file
 
@@ -62,7 +75,12 @@ def save_checkpoint(path: Path, accelerator, trainer: Any, global_step: int) -> 
     accelerator.wait_for_everyone()
     accelerator.save_state(str(path))
     save_file({"state": trainer.generator.get_state()}, str(_generator_file(path, accelerator.process_index)))
+    save_tree(get_rng_states(), path / f"rng_state_{accelerator.process_index}")
     if accelerator.is_main_process:
+        save_tree(trainer.optimizer.state_dict(), path / "optimizer_state")
+        save_tree(trainer.lr_scheduler.state_dict(), path / "lr_scheduler_state")
+        if accelerator.scaler is not None:
+            save_tree(accelerator.scaler.state_dict(), path / "grad_scaler_state")
         trained = dict(zip(trainer.trained_names, trainer.trained))  # unet (+ text_encoder, text_encoder_2)
         if cfg.lora:
             save_lora_weights(path, trained)
@@ -80,7 +98,22 @@ def load_checkpoint(path: Path, accelerator, trainer: Any) -> int:
     """Restore everything `save_checkpoint` wrote; returns the optimizer step to continue from."""
     from safetensors.torch import load_file
 
-    accelerator.load_state(str(path))
+    needed = [_model_file(path, i) for i in range(len(trainer.wrapped))] + \
+        [path / "optimizer_state.json", path / "lr_scheduler_state.json",
+         path / f"rng_state_{accelerator.process_index}.json"]
+    absent = [p.name for p in needed if not p.is_file()]
+    if absent:
+        raise TrainingConfigError(f"--resume_from_checkpoint {path}: missing {absent}; resuming reads the models "
+                                  "(model*.safetensors) and the optimizer, LR schedule and RNG states as "
+                                  "safetensors + JSON, which checkpoints of this diffblocks version write (a "
+                                  "checkpoint with only accelerate's pickles is not resumed).")
+    for i, wrapped in enumerate(trainer.wrapped):
+        accelerator.unwrap_model(wrapped).load_state_dict(load_file(str(_model_file(path, i))))
+    trainer.optimizer.load_state_dict(load_tree(path / "optimizer_state"))
+    trainer.lr_scheduler.load_state_dict(load_tree(path / "lr_scheduler_state"))
+    if accelerator.scaler is not None and (path / "grad_scaler_state.json").is_file():
+        accelerator.scaler.load_state_dict(load_tree(path / "grad_scaler_state"))
+    set_rng_states(load_tree(path / f"rng_state_{accelerator.process_index}"))
     gen_file = _generator_file(path, accelerator.process_index)
     if not gen_file.is_file():
         raise TrainingConfigError(f"--resume_from_checkpoint {path}: no {gen_file.name}; the checkpoint was written "
