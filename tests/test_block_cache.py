@@ -149,19 +149,44 @@ def test_max_memory_is_respected_under_a_stream_of_prompts(folder):
         pipe.block_cache_info()
 
 
-def test_img2img_same_image_new_seed(folder):
-    pipe, plain = _load(folder), _load(folder)
+def _count_vae_encodes(pipe) -> list[int]:
+    calls = [0]
+    pipe.vae.encoder.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+@pytest.fixture(scope="module")
+def inpaint_folder(tmp_path_factory):
+    return build_sd15(tmp_path_factory.mktemp("cache-inpaint"), inpaint=True)
+
+
+@pytest.mark.parametrize("case", ["img2img", "inpaint-4ch", "inpaint-9ch"])
+def test_img2img_and_inpaint_same_image_new_seed_reuse_the_vae_encode(folder, inpaint_folder, case):
+    path = inpaint_folder if case == "inpaint-9ch" else folder
+    pipe, plain = _load(path), _load(path)
     pipe.enable_block_cache()
-    watch = _Watch(pipe)
-    image = test_image(32)
-    pipe(prompt="a red cat", image=image, strength=0.6, generator=_gen(0), **KW)
-    watch.reset()
-    got = pipe(prompt="a red cat", image=test_image(32), strength=0.6, generator=_gen(1), **KW)
-    # text encoding is reused; the VAE encode (it samples the latent distribution with the generator) and
-    # the noised latents are not
-    assert watch.encoder_calls == 0
-    assert "vae_encoder" not in watch.cached and "prepare_latents" not in watch.cached
-    assert torch.equal(got, plain(prompt="a red cat", image=test_image(32), strength=0.6, generator=_gen(1), **KW))
+    kw = dict(prompt="a red cat", image=test_image(32), strength=0.6, **KW)
+    if case != "img2img":
+        kw["mask_image"] = test_image(32, mode="L")
+    encodes = _count_vae_encodes(pipe)
+    paths: list[tuple[str, bool]] = []
+    pipe.add_progress_handler(lambda e: paths.append((e.path, e.cached))
+                              if e.kind == "block_end" and e.cached is not None else None)
+    pipe(**kw, generator=_gen(0))
+    first_encodes = encodes[0]
+    assert first_encodes == (1 if case == "img2img" else 2)  # inpainting: the image and the masked image
+    paths.clear()
+    hits = pipe.block_cache_info().hits
+    got = pipe(**dict(kw, image=test_image(32)), generator=_gen(1))  # same content, a new PIL object
+    # the VAE encode (preprocessing + posterior) comes from the cache; the seeded sampling and the noised
+    # latents run again
+    assert encodes[0] == first_encodes
+    encode = ".vae_encoder.img2img.encode" if case == "img2img" else ".prepare_latents.inpaint.encode"
+    assert [c for p, c in paths if p.endswith(encode)] == [True]
+    assert pipe.block_cache_info().hits > hits
+    assert not any(c for p, c in paths if "sample" in p or "prepare_latents" in p and not p.endswith(encode))
+    assert torch.equal(got, plain(**kw, generator=_gen(1)))
+    assert not torch.equal(got, plain(**kw, generator=_gen(0)))  # the seed still changes the noised latents
 
 
 # -- the cache on plain blocks: aliasing, randomness, opt-out ----------------------------------------------------------

@@ -201,11 +201,11 @@ def test_workflows_select_the_right_steps() -> None:
         "FluxTextEncoderStep", "FluxTextInputStep", "FluxPrepareLatentsStep", "FluxSetTimestepsStep",
         "FluxRoPEInputsStep", "FluxDenoiseStep", "FluxDecodeStep"]
     assert classes("image2image") == [
-        "FluxTextEncoderStep", "FluxVaeEncoderStep", "FluxTextInputStep", "FluxImg2ImgSetTimestepsStep",
-        "FluxImg2ImgPrepareLatentsStep", "FluxRoPEInputsStep", "FluxImg2ImgDenoiseStep", "FluxDecodeStep"]
+        "FluxTextEncoderStep", "FluxImageVaeEncoderStep", "FluxSampleImageLatentsStep", "FluxTextInputStep",
+        "FluxImg2ImgSetTimestepsStep", "FluxImg2ImgPrepareLatentsStep", "FluxRoPEInputsStep", "FluxImg2ImgDenoiseStep", "FluxDecodeStep"]
     assert classes("inpainting") == [
-        "FluxTextEncoderStep", "FluxInpaintVaeEncoderStep", "FluxTextInputStep", "FluxImg2ImgSetTimestepsStep",
-        "FluxInpaintPrepareLatentsStep", "FluxRoPEInputsStep", "FluxInpaintDenoiseStep", "FluxDecodeStep"]
+        "FluxTextEncoderStep", "FluxInpaintImageVaeEncoderStep", "FluxSampleImageLatentsStep", "FluxTextInputStep",
+        "FluxImg2ImgSetTimestepsStep", "FluxInpaintPrepareLatentsStep", "FluxRoPEInputsStep", "FluxInpaintDenoiseStep", "FluxDecodeStep"]
     for flat in (TEXT2IMAGE_BLOCKS, IMAGE2IMAGE_BLOCKS, INPAINT_BLOCKS):
         assert not SequentialPipelineBlocks.from_blocks_dict(flat).validate()
     assert "true_cfg_scale" in blocks.input_names and "guidance_scale" in blocks.input_names

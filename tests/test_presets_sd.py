@@ -237,7 +237,9 @@ def test_auto_preset_workflows(sd15):
     assert names == ["StableDiffusionTextEncoderStep", "StableDiffusionInputStep", "SetTimestepsStep",
                      "PrepareLatentsStep", "DenoiseStep", "DecodeStep"]
     inpaint = [type(b).__name__ for b in blocks.get_workflow("inpainting").sub_blocks.values()]
-    assert "InpaintPrepareLatentsStep" in inpaint and "InpaintDenoiseStep" in inpaint
+    # the inpainting latents run as their two leaves: the cacheable VAE encode, then the seeded sampling
+    assert inpaint[inpaint.index("InpaintImageVaeEncoderStep") + 1] == "InpaintSampleLatentsStep"
+    assert "InpaintDenoiseStep" in inpaint
     cn = [type(b).__name__ for b in blocks.get_workflow("controlnet_text2image").sub_blocks.values()]
     assert "ControlNetInputStep" in cn and "ControlNetDenoiseStep" in cn
     for trigger in ("mask_image", "control_image", "`image`"):

@@ -98,7 +98,9 @@ def test_sdxl_workflows(xl):
                      "StableDiffusionXLPrepareAdditionalConditioningStep", "StableDiffusionXLDenoiseStep",
                      "StableDiffusionXLDecodeStep"]
     i2i = [type(b).__name__ for b in blocks.get_workflow("image2image").sub_blocks.values()]
-    assert "StableDiffusionXLVaeEncoderStep" in i2i and "StableDiffusionXLImg2ImgPrepareLatentsStep" in i2i
+    # StableDiffusionXLVaeEncoderStep runs as its two leaves: the cacheable VAE encode, then the seeded sampling
+    assert i2i[i2i.index("ImageVaeEncoderStep") + 1] == "SampleImageLatentsStep"
+    assert "StableDiffusionXLImg2ImgPrepareLatentsStep" in i2i
     assert "controlnet_inpainting" in blocks.available_workflows
 
 

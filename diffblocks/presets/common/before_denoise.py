@@ -13,6 +13,7 @@ from ...blocks import (
     InputParam,
     ModularPipelineBlocks,
     OutputParam,
+    SequentialPipelineBlocks,
 )
 from ...components.models import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from ...components.schedulers import (
@@ -29,18 +30,20 @@ from .utils import (
     check_image,
     check_size,
     default_size,
+    encode_posterior,
     execution_device,
     image_processor_spec,
     optional_component,
     repeat_to_batch,
-    retrieve_latents,
+    sample_posterior,
     scale_latents,
     vae_scale_factor,
 )
 
 # -- input normalisation -------------------------------------------------------------------------------------------
 __all__ = [
-    "ControlNetInputStep", "Img2ImgPrepareLatentsStep", "Img2ImgSetTimestepsStep", "InpaintPrepareLatentsStep",
+    "ControlNetInputStep", "Img2ImgPrepareLatentsStep", "Img2ImgSetTimestepsStep", "InpaintImageVaeEncoderStep",
+    "InpaintPrepareLatentsStep", "InpaintSampleLatentsStep",
     "InpaintSetTimestepsStep", "InputStep", "PrepareLatentsStep", "SetTimestepsStep",
 ]
 
@@ -278,15 +281,79 @@ class Img2ImgPrepareLatentsStep(ModularPipelineBlocks):
         return components, state
 
 
-class InpaintPrepareLatentsStep(ModularPipelineBlocks):
+def _inpaint_plan(block: str, components: Any, bs: Any) -> tuple[int, bool, bool, bool]:
+    """(latent channels, strength == 1, add noise, whether the init image is VAE-encoded) for an inpainting call;
+    refuses a UNet whose input channels fit neither 4- nor 9-channel inpainting."""
+    channels = components.vae.config.latent_channels
+    unet_channels = components.unet.config.in_channels
+    if unet_channels not in (channels, 2 * channels + 1):
+        raise BlockInputError(f"Block {block!r}: the UNet has {unet_channels} input channels; inpainting needs "
+                              f"{channels} or {2 * channels + 1}.", block=block, input_name="unet")
+    strength_max = float(bs.strength) == 1.0
+    # SDXL refiner-style: continue from the image latents without adding noise
+    add_noise = not (isinstance(bs.denoising_start, float) and 0 < bs.denoising_start < 1)
+    encode_image = unet_channels == channels or (bs.latents is None and (not strength_max or not add_noise))
+    return channels, strength_max, add_noise, encode_image
+
+
+def _posterior_or_none(vae: Any, image: torch.Tensor) -> torch.Tensor | None:
+    """The VAE posterior parameters of pixel images; None for images that already hold latents."""
+    return None if image.shape[1] == vae.config.latent_channels else encode_posterior(vae, image)
+
+
+class InpaintImageVaeEncoderStep(ModularPipelineBlocks):
+    """The VAE posteriors of the init image (when the call needs its latents) and of the masked image."""
+
+    model_name = "stable-diffusion"
+
+    @property
+    def description(self) -> str:
+        return ("Inpainting VAE encode: `image_posterior` of the init image (when the call uses its latents) and "
+                "`masked_image_posterior` (mean and log-variance). Takes no generator, so the block cache reuses "
+                "it when only the seed changes")
+
+    @property
+    def expected_components(self) -> list[ComponentSpec]:
+        return [ComponentSpec("vae", AutoencoderKL), ComponentSpec("unet", UNet2DConditionModel)]
+
+    @property
+    def inputs(self) -> list[InputParam]:
+        return [InputParam("latents", type_hint=torch.Tensor),
+                InputParam("strength", type_hint=float, default=1.0),
+                InputParam("denoising_start", type_hint=float),
+                InputParam("init_image", type_hint=torch.Tensor, required=True),
+                InputParam("masked_image", type_hint=torch.Tensor, required=True),
+                InputParam("dtype", type_hint=torch.dtype)]
+
+    @property
+    def intermediate_outputs(self) -> list[OutputParam]:
+        return [OutputParam("image_posterior", type_hint=torch.Tensor,
+                            description="VAE posterior parameters of the init image; None when not needed or when "
+                                        "`image` holds latents"),
+                OutputParam("masked_image_posterior", type_hint=torch.Tensor,
+                            description="VAE posterior parameters of the masked image; None when it holds latents")]
+
+    def __call__(self, components, state):
+        bs = self.get_block_state(state)
+        vae = components.vae
+        device, dtype = execution_device(components), bs.dtype or torch.float32
+        encode_image = _inpaint_plan(type(self).__name__, components, bs)[3]
+        bs.image_posterior = (_posterior_or_none(vae, bs.init_image.to(device=device, dtype=dtype))
+                              if encode_image else None)
+        bs.masked_image_posterior = _posterior_or_none(vae, bs.masked_image.to(device=device, dtype=dtype))
+        self.set_block_state(state, bs)
+        return components, state
+
+
+class InpaintSampleLatentsStep(ModularPipelineBlocks):
     """Noise (or image + noise) latents, the latent-size mask and the masked-image latents for inpainting."""
 
     model_name = "stable-diffusion"
 
     @property
     def description(self) -> str:
-        return ("Inpainting latents: encodes the image when needed, draws the noise, and prepares `mask` and "
-                "`masked_image_latents` (used by 9-channel UNets)")
+        return ("Inpainting latents: samples the image latents when needed, draws the noise, and prepares `mask` "
+                "and `masked_image_latents` (used by 9-channel UNets), in the standard pipelines' generator order")
 
     @property
     def expected_components(self) -> list[ComponentSpec]:
@@ -302,6 +369,8 @@ class InpaintPrepareLatentsStep(ModularPipelineBlocks):
                 InputParam("init_image", type_hint=torch.Tensor, required=True),
                 InputParam("mask_condition", type_hint=torch.Tensor, required=True),
                 InputParam("masked_image", type_hint=torch.Tensor, required=True),
+                InputParam("image_posterior", type_hint=torch.Tensor),
+                InputParam("masked_image_posterior", type_hint=torch.Tensor),
                 InputParam("height", type_hint=int, required=True), InputParam("width", type_hint=int, required=True),
                 InputParam("latent_timestep", type_hint=torch.Tensor, required=True),
                 InputParam("batch_size", type_hint=int, required=True), InputParam("dtype", type_hint=torch.dtype)]
@@ -312,33 +381,29 @@ class InpaintPrepareLatentsStep(ModularPipelineBlocks):
                 OutputParam("image_latents", type_hint=torch.Tensor), OutputParam("mask", type_hint=torch.Tensor),
                 OutputParam("masked_image_latents", type_hint=torch.Tensor)]
 
-    def _encode(self, vae, image: torch.Tensor, generator: Any) -> torch.Tensor:
-        if image.shape[1] == vae.config.latent_channels:
-            return image
-        return scale_latents(vae, retrieve_latents(vae, image, generator))
+    @staticmethod
+    def _sample(vae, posterior: torch.Tensor | None, image: torch.Tensor, generator: Any) -> torch.Tensor:
+        if posterior is None:  # without the encode step: encode here; latents given as the image pass through
+            posterior = _posterior_or_none(vae, image)
+            if posterior is None:
+                return image
+        return scale_latents(vae, sample_posterior(posterior, generator))
 
     def __call__(self, components, state):
         bs = self.get_block_state(state)
         name = type(self).__name__
-        vae, unet, scheduler = components.vae, components.unet, components.scheduler
+        vae, scheduler = components.vae, components.scheduler
         device = execution_device(components)
         dtype = bs.dtype or torch.float32
         factor = vae_scale_factor(components)
         total = bs.batch_size * int(bs.num_images_per_prompt or 1)
         check_generators(name, bs.generator, total)
-        channels = vae.config.latent_channels
-        unet_channels = unet.config.in_channels
-        if unet_channels not in (channels, 2 * channels + 1):
-            raise BlockInputError(f"Block {name!r}: the UNet has {unet_channels} input channels; inpainting needs "
-                                  f"{channels} or {2 * channels + 1}.", block=name, input_name="unet")
+        channels, strength_max, add_noise, encode_image = _inpaint_plan(name, components, bs)
         shape = (total, channels, bs.height // factor, bs.width // factor)
-        strength_max = float(bs.strength) == 1.0
-        # SDXL refiner-style: continue from the image latents without adding noise
-        add_noise = not (isinstance(bs.denoising_start, float) and 0 < bs.denoising_start < 1)
         image_latents = None
-        if unet_channels == channels or (bs.latents is None and (not strength_max or not add_noise)):
+        if encode_image:
             image = bs.init_image.to(device=device, dtype=dtype)
-            image_latents = self._encode(vae, image, bs.generator)
+            image_latents = self._sample(vae, bs.image_posterior, image, bs.generator)
             image_latents = image_latents.repeat(total // image_latents.shape[0], 1, 1, 1)
         if not add_noise and bs.latents is None:
             noise = randn_tensor(shape, generator=bs.generator, device=device, dtype=dtype)
@@ -354,12 +419,27 @@ class InpaintPrepareLatentsStep(ModularPipelineBlocks):
             latents = noise * scheduler.init_noise_sigma
         mask = torch.nn.functional.interpolate(bs.mask_condition, size=(bs.height // factor, bs.width // factor))
         mask = mask.to(device=device, dtype=dtype)
-        masked = self._encode(vae, bs.masked_image.to(device=device, dtype=dtype), bs.generator)
+        masked = self._sample(vae, bs.masked_image_posterior, bs.masked_image.to(device=device, dtype=dtype),
+                              bs.generator)
         bs.mask = repeat_to_batch(name, "mask_image", mask, total)
         bs.masked_image_latents = repeat_to_batch(name, "image", masked, total).to(device=device, dtype=dtype)
         bs.latents, bs.noise, bs.image_latents = latents, noise, image_latents
         self.set_block_state(state, bs)
         return components, state
+
+
+class InpaintPrepareLatentsStep(SequentialPipelineBlocks):
+    """Inpainting latents: the cacheable VAE encodes, then the seeded sampling and noise."""
+
+    model_name = "stable-diffusion"
+    block_classes = [InpaintImageVaeEncoderStep, InpaintSampleLatentsStep]
+    block_names = ["encode", "sample"]
+
+    @property
+    def description(self) -> str:
+        return ("Inpainting latents: `encode` computes the VAE posteriors of the image and the masked image "
+                "(cached across calls when the block cache is on), `sample` draws the image latents and the noise "
+                "and prepares `mask` and `masked_image_latents` (used by 9-channel UNets)")
 
 
 # -- ControlNet input ----------------------------------------------------------------------------------------------

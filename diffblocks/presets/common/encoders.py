@@ -11,6 +11,7 @@ from ...blocks import (
     InputParam,
     ModularPipelineBlocks,
     OutputParam,
+    SequentialPipelineBlocks,
 )
 from ...components.models import AutoencoderKL, UNet2DConditionModel
 from ...components.spec import ComponentSpec
@@ -19,29 +20,32 @@ from .utils import (
     check_image,
     check_size,
     default_size,
+    encode_posterior,
     execution_device,
     image_processor_spec,
     mask_processor_spec,
     repeat_to_batch,
-    retrieve_latents,
+    sample_posterior,
     scale_latents,
     vae_scale_factor,
     vae_upcast,
 )
 
 __all__ = [
-    "InpaintVaeEncoderStep", "VaeEncoderStep",
+    "ImageVaeEncoderStep", "InpaintVaeEncoderStep", "SampleImageLatentsStep", "VaeEncoderStep",
 ]
 
 
-class VaeEncoderStep(ModularPipelineBlocks):
-    """Encode the init image for image-to-image (one generator per image when a list is given)."""
+class ImageVaeEncoderStep(ModularPipelineBlocks):
+    """Preprocess the init image and VAE-encode it to the posterior's parameters (deterministic: cacheable)."""
 
     model_name = "stable-diffusion"
 
     @property
     def description(self) -> str:
-        return "VAE-encode `image` into scaled `image_latents` for image-to-image"
+        return ("Preprocess `image` and VAE-encode it into `image_posterior` (mean and log-variance); an image that "
+                "already holds latents passes through as `image_latents`. Takes no generator, so the block cache "
+                "reuses it when only the seed changes")
 
     @property
     def expected_components(self) -> list[ComponentSpec]:
@@ -51,6 +55,51 @@ class VaeEncoderStep(ModularPipelineBlocks):
     def inputs(self) -> list[InputParam]:
         return [InputParam("image", required=True, description="init image (PIL, numpy, tensor or list)"),
                 InputParam("height", type_hint=int), InputParam("width", type_hint=int),
+                InputParam("dtype", type_hint=torch.dtype)]
+
+    @property
+    def intermediate_outputs(self) -> list[OutputParam]:
+        return [OutputParam("image_posterior", type_hint=torch.Tensor,
+                            description="VAE posterior parameters of the image, (N, 2 * latent channels, h, w); None "
+                                        "when `image` already holds latents"),
+                OutputParam("image_latents", type_hint=torch.Tensor,
+                            description="the given latents when `image` holds latents, else None until sampled")]
+
+    def __call__(self, components, state):
+        bs = self.get_block_state(state)
+        vae = components.vae
+        check_image(type(self).__name__, "image", bs.image, channels=(3, vae.config.latent_channels))
+        device = execution_device(components)
+        dtype = bs.dtype or vae.dtype
+        image = components.image_processor.preprocess(bs.image, height=bs.height, width=bs.width)
+        image = image.to(device=device, dtype=dtype)
+        if image.shape[1] == vae.config.latent_channels:
+            bs.image_posterior, bs.image_latents = None, image
+        else:
+            with vae_upcast(vae) as upcast:
+                bs.image_posterior = encode_posterior(vae, image.float() if upcast else image)
+            bs.image_latents = None
+        self.set_block_state(state, bs)
+        return components, state
+
+
+class SampleImageLatentsStep(ModularPipelineBlocks):
+    """Draw the init image's latents from its VAE posterior with the generator and scale them."""
+
+    model_name = "stable-diffusion"
+
+    @property
+    def description(self) -> str:
+        return "Sample `image_posterior` with `generator` (one per image when a list is given) into scaled `image_latents`"
+
+    @property
+    def expected_components(self) -> list[ComponentSpec]:
+        return [ComponentSpec("vae", AutoencoderKL)]
+
+    @property
+    def inputs(self) -> list[InputParam]:
+        return [InputParam("image_posterior", type_hint=torch.Tensor),
+                InputParam("image_latents", type_hint=torch.Tensor),
                 InputParam("generator"), InputParam("dtype", type_hint=torch.dtype)]
 
     @property
@@ -59,24 +108,32 @@ class VaeEncoderStep(ModularPipelineBlocks):
 
     def __call__(self, components, state):
         bs = self.get_block_state(state)
-        name = type(self).__name__
-        vae = components.vae
-        check_image(name, "image", bs.image, channels=(3, vae.config.latent_channels))
-        device = execution_device(components)
-        dtype = bs.dtype or vae.dtype
-        image = components.image_processor.preprocess(bs.image, height=bs.height, width=bs.width)
-        image = image.to(device=device, dtype=dtype)
-        if image.shape[1] == vae.config.latent_channels:
-            bs.image_latents = image
-        else:
-            gen = bs.generator
-            if isinstance(gen, list) and image.shape[0] < len(gen):
-                image = repeat_to_batch(name, "image", image, len(gen))
-            with vae_upcast(vae) as upcast:
-                latents = retrieve_latents(vae, image.float() if upcast else image, gen)
-            bs.image_latents = scale_latents(vae, latents.to(dtype))
+        if bs.image_posterior is not None:
+            vae = components.vae
+            posterior, gen = bs.image_posterior, bs.generator
+            if isinstance(gen, list) and posterior.shape[0] < len(gen):
+                posterior = repeat_to_batch(type(self).__name__, "image", posterior, len(gen))
+            latents = sample_posterior(posterior, gen)
+            bs.image_latents = scale_latents(vae, latents.to(bs.dtype or vae.dtype))
+        elif bs.image_latents is None:
+            name = type(self).__name__
+            raise BlockInputError(f"Block {name!r}: needs `image_posterior` (from ImageVaeEncoderStep) or "
+                                  "`image_latents`; neither was given.", block=name, input_name="image_posterior")
         self.set_block_state(state, bs)
         return components, state
+
+
+class VaeEncoderStep(SequentialPipelineBlocks):
+    """Encode the init image for image-to-image: the cacheable VAE encode, then the seeded sampling."""
+
+    model_name = "stable-diffusion"
+    block_classes = [ImageVaeEncoderStep, SampleImageLatentsStep]
+    block_names = ["encode", "sample"]
+
+    @property
+    def description(self) -> str:
+        return ("VAE-encode `image` into scaled `image_latents` for image-to-image: `encode` (preprocess + VAE "
+                "posterior, cached across calls when the block cache is on) then `sample` (the generator's draw)")
 
 
 class InpaintVaeEncoderStep(ModularPipelineBlocks):

@@ -15,15 +15,15 @@ import torch
 
 from ...blocks import BlockInputError, InputParam
 from ...components.image_processor import VaeImageProcessor
-from ...components.models import AutoencoderKL
+from ...components.models import AutoencoderKL, DiagonalGaussianDistribution
 from ...components.spec import ComponentSpec
 from ...guiders import ClassifierFreeGuidance
 
 __all__ = [
     "as_list", "check_finite", "check_generators", "check_image", "check_size", "check_size_limit",
-    "default_size", "execution_device",
+    "default_size", "encode_posterior", "execution_device",
     "guidance_inputs", "guider_for_call", "guider_spec", "image_processor_spec", "latent_stats",
-    "mask_processor_spec", "optional_component", "repeat_to_batch", "retrieve_latents", "scale_latents",
+    "mask_processor_spec", "optional_component", "repeat_to_batch", "sample_posterior", "scale_latents",
     "unscale_latents", "vae_scale_factor", "vae_upcast",
 ]
 
@@ -129,12 +129,22 @@ def check_generators(block: str, generator: Any, total: int) -> None:
             block=block, input_name="generator")
 
 
-def retrieve_latents(vae: AutoencoderKL, image: torch.Tensor, generator: Any) -> torch.Tensor:
-    """Sampled VAE latents, one generator per image when a list is given (the standard pipelines' order)."""
+def encode_posterior(vae: AutoencoderKL, image: torch.Tensor) -> torch.Tensor:
+    """The VAE posterior of `image` as its parameters (mean and log-variance stacked on channels, (N, 2C, h, w)).
+
+    Deterministic (no generator), so a block computing it can be cached across calls; `sample_posterior` draws
+    the latents. Sampling these parameters gives bit for bit what `vae.encode(image).latent_dist.sample(g)` gives.
+    """
+    return vae.encode(image).latent_dist.parameters
+
+
+def sample_posterior(posterior: torch.Tensor, generator: Any) -> torch.Tensor:
+    """Latents drawn from `encode_posterior` parameters (mean + std * noise), one generator per image when a list
+    is given (the standard pipelines' order)."""
     if isinstance(generator, list):
-        return torch.cat([vae.encode(image[i:i + 1]).latent_dist.sample(generator[i])
-                          for i in range(image.shape[0])], dim=0)
-    return vae.encode(image).latent_dist.sample(generator)
+        return torch.cat([DiagonalGaussianDistribution(posterior[i:i + 1]).sample(generator[i])
+                          for i in range(posterior.shape[0])], dim=0)
+    return DiagonalGaussianDistribution(posterior).sample(generator)
 
 
 def latent_stats(vae: AutoencoderKL, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:

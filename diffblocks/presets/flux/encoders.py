@@ -9,23 +9,34 @@ import PIL.Image
 import torch
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
-from ...blocks import BlockInputError, InputParam, ModularPipelineBlocks, OutputParam
+from ...blocks import (
+    BlockInputError,
+    InputParam,
+    ModularPipelineBlocks,
+    OutputParam,
+    SequentialPipelineBlocks,
+)
 from ...components.adapters.lora import lora_scale
 from ...components.models import AutoencoderKL
 from ...components.spec import ComponentSpec
 from ..common.utils import (
     check_finite,
+    encode_posterior,
     execution_device,
     guider_for_call,
     guider_spec,
     image_processor_spec,
     mask_processor_spec,
+    sample_posterior,
 )
 from .utils import DEFAULT_TRUE_CFG_SCALE, PROCESSOR_CONFIG, resolve_size
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FluxInpaintVaeEncoderStep", "FluxTextEncoderStep", "FluxVaeEncoderStep"]
+__all__ = [
+    "FluxImageVaeEncoderStep", "FluxInpaintImageVaeEncoderStep", "FluxInpaintVaeEncoderStep",
+    "FluxSampleImageLatentsStep", "FluxTextEncoderStep", "FluxVaeEncoderStep",
+]
 
 MAX_T5_LENGTH = 512
 IMAGE_HINT = "PIL.Image.Image | np.ndarray | torch.Tensor | list"
@@ -187,15 +198,16 @@ class FluxTextEncoderStep(ModularPipelineBlocks):
         return components, state
 
 
-class FluxVaeEncoderStep(ModularPipelineBlocks):
-    """Image -> scaled VAE latents ``(latent - shift_factor) * scaling_factor``, one sample per image."""
+class FluxImageVaeEncoderStep(ModularPipelineBlocks):
+    """Preprocess the image and VAE-encode it to the posterior's parameters (deterministic: cacheable)."""
 
     model_name = "flux"
 
     @property
     def description(self) -> str:
-        return ("VAE encoder step: preprocesses `image` to height x width (default 1024 px for the 8x VAE) and "
-                "encodes it into image_latents (sampled with `generator`).")
+        return ("Preprocesses `image` to height x width (default 1024 px for the 8x VAE) and VAE-encodes it into "
+                "`image_posterior` (mean and log-variance). Takes no generator, so the block cache reuses it when "
+                "only the seed changes.")
 
     @property
     def expected_components(self) -> list[ComponentSpec]:
@@ -208,22 +220,12 @@ class FluxVaeEncoderStep(ModularPipelineBlocks):
                        description="init image(s): PIL, numpy or tensor in [0, 1]"),
             InputParam("height", type_hint=int, description="output height in pixels"),
             InputParam("width", type_hint=int, description="output width in pixels"),
-            InputParam("generator", description="torch.Generator, or one per image"),
         ]
 
     @property
     def intermediate_outputs(self) -> list[OutputParam]:
-        return [OutputParam("image_latents", torch.Tensor, "scaled VAE latents of the image(s), (N, 16, h, w)")]
-
-    @staticmethod
-    def encode(vae: Any, image: torch.Tensor, generator: Any) -> torch.Tensor:
-        image = image.to(device=vae.device, dtype=vae.dtype)
-        if isinstance(generator, list):
-            latents = torch.cat([vae.encode(image[i:i + 1]).latent_dist.sample(generator[i])
-                                 for i in range(image.shape[0])], dim=0)
-        else:
-            latents = vae.encode(image).latent_dist.sample(generator)
-        return (latents - vae.config.shift_factor) * vae.config.scaling_factor
+        return [OutputParam("image_posterior", torch.Tensor,
+                            "VAE posterior parameters of the image(s), (N, 32, h, w)")]
 
     def _check_image(self, name: str, image: Any) -> None:
         items = image if isinstance(image, (list, tuple)) else [image]
@@ -239,7 +241,8 @@ class FluxVaeEncoderStep(ModularPipelineBlocks):
         self._check_image("image", bs.image)
         bs.height, bs.width = resolve_size(type(self).__name__, components, bs.height, bs.width)
         image = components.image_processor.preprocess(bs.image, height=bs.height, width=bs.width)
-        bs.image_latents = self.encode(components.vae, image.to(torch.float32), bs.generator)
+        vae = components.vae
+        bs.image_posterior = encode_posterior(vae, image.to(torch.float32).to(device=vae.device, dtype=vae.dtype))
 
     def __call__(self, components: Any, state: Any):
         bs = self.get_block_state(state)
@@ -248,13 +251,13 @@ class FluxVaeEncoderStep(ModularPipelineBlocks):
         return components, state
 
 
-class FluxInpaintVaeEncoderStep(FluxVaeEncoderStep):
-    """Image latents plus the preprocessed (binarised) mask; white mask pixels are repainted."""
+class FluxInpaintImageVaeEncoderStep(FluxImageVaeEncoderStep):
+    """The image's VAE posterior plus the preprocessed (binarised) mask; white mask pixels are repainted."""
 
     @property
     def description(self) -> str:
-        return ("Inpaint VAE encoder step: encodes `image` into image_latents and preprocesses `mask_image` "
-                "(white = repaint) to height x width.")
+        return ("Inpaint VAE encoder step: encodes `image` into `image_posterior` and preprocesses `mask_image` "
+                "(white = repaint) to height x width (cacheable: no generator).")
 
     @property
     def expected_components(self) -> list[ComponentSpec]:
@@ -279,3 +282,63 @@ class FluxInpaintVaeEncoderStep(FluxVaeEncoderStep):
                                                                        width=bs.width)
         self.set_block_state(state, bs)
         return components, state
+
+
+class FluxSampleImageLatentsStep(ModularPipelineBlocks):
+    """Image latents ``(sample - shift_factor) * scaling_factor`` drawn from the posterior, one sample per image."""
+
+    model_name = "flux"
+
+    @property
+    def description(self) -> str:
+        return ("Samples `image_posterior` with `generator` (one per image when a list is given) into scaled "
+                "`image_latents`.")
+
+    @property
+    def expected_components(self) -> list[ComponentSpec]:
+        return [ComponentSpec("vae", AutoencoderKL)]
+
+    @property
+    def inputs(self) -> list[InputParam]:
+        return [InputParam("image_posterior", torch.Tensor, required=True,
+                           description="VAE posterior parameters (from FluxImageVaeEncoderStep)"),
+                InputParam("generator", description="torch.Generator, or one per image")]
+
+    @property
+    def intermediate_outputs(self) -> list[OutputParam]:
+        return [OutputParam("image_latents", torch.Tensor, "scaled VAE latents of the image(s), (N, 16, h, w)")]
+
+    def __call__(self, components: Any, state: Any):
+        bs = self.get_block_state(state)
+        config = components.vae.config
+        latents = sample_posterior(bs.image_posterior, bs.generator)
+        bs.image_latents = (latents - config.shift_factor) * config.scaling_factor
+        self.set_block_state(state, bs)
+        return components, state
+
+
+class FluxVaeEncoderStep(SequentialPipelineBlocks):
+    """Image -> scaled VAE latents: the cacheable encode, then the seeded sampling."""
+
+    model_name = "flux"
+    block_classes = [FluxImageVaeEncoderStep, FluxSampleImageLatentsStep]
+    block_names = ["encode", "sample"]
+
+    @property
+    def description(self) -> str:
+        return ("VAE encoder step: `encode` preprocesses `image` and computes its VAE posterior (cached across "
+                "calls when the block cache is on), `sample` draws image_latents with `generator`.")
+
+
+class FluxInpaintVaeEncoderStep(SequentialPipelineBlocks):
+    """Image latents plus the preprocessed mask: the cacheable encode, then the seeded sampling."""
+
+    model_name = "flux"
+    block_classes = [FluxInpaintImageVaeEncoderStep, FluxSampleImageLatentsStep]
+    block_names = ["encode", "sample"]
+
+    @property
+    def description(self) -> str:
+        return ("Inpaint VAE encoder step: `encode` computes the image's VAE posterior and the binarised mask "
+                "(white = repaint; cached across calls when the block cache is on), `sample` draws image_latents "
+                "with `generator`.")
