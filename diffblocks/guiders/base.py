@@ -116,13 +116,16 @@ class PassGroup(GuidanceBatch):
     """
 
     def __init__(self, identifiers: list[str], perturbed: bool, sizes: list[int], **values: Any) -> None:
-        super().__init__(**values)
-        self.__dict__["identifiers"] = identifiers
-        self.__dict__["perturbed"] = perturbed
-        self.__dict__["sizes"] = sizes
+        fields = self.__dict__
+        fields.update(values)
+        fields["identifiers"] = identifiers
+        fields["perturbed"] = perturbed
+        fields["sizes"] = sizes
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("identifiers", "perturbed", "sizes")}
+        values = dict(self.__dict__)
+        del values["identifiers"], values["perturbed"], values["sizes"]
+        return values
 
     def split(self, pred: torch.Tensor) -> dict[str, torch.Tensor]:
         """Model output of this group -> ``{identifier: prediction}`` (views along dim 0, no copies)."""
@@ -133,11 +136,9 @@ class PassGroup(GuidanceBatch):
         if pred.shape[0] != sum(sizes):
             raise ValueError(f"group {identifiers} expects a prediction with batch {sum(sizes)} "
                              f"(sizes {sizes}), got shape {tuple(pred.shape)}.")
-        out, start = {}, 0
-        for identifier, size in zip(identifiers, sizes):
-            out[identifier] = pred[start:start + size]
-            start += size
-        return out
+        # one op for all the views (chunk when the passes have one size, as the standard pipelines' chunk(2))
+        parts = pred.chunk(len(sizes)) if sizes.count(sizes[0]) == len(sizes) else pred.split(sizes)
+        return dict(zip(identifiers, parts))
 
 
 def rescale_noise_cfg(noise_cfg: torch.Tensor, noise_pred_text: torch.Tensor, guidance_rescale: float = 0.0
@@ -223,6 +224,7 @@ class BaseGuidance(ConfigMixin):
         self._plan_cache: list[_Pass] | None = None
         # prepare_passes: grouping per distinct plan, and concatenations of unchanged inputs (see `_concat`)
         self._group_cache: dict[tuple, list[list[_Pass]]] = {}
+        self._last_groups: tuple | None = None
         self._concat_cache: dict[Any, Any] = {}
         self._installed: PerturbationHandle | None = None
         # model -> resolved perturbation configs (default layers picked once per model)
@@ -362,6 +364,9 @@ class BaseGuidance(ConfigMixin):
 
     def _groups(self, passes: list[_Pass], batched: bool) -> list[tuple[tuple[int, ...], tuple[str, ...], bool]]:
         """How the passes of a plan are grouped into model calls: built once per distinct plan, then reused."""
+        last = self._last_groups
+        if last is not None and last[0] is passes and last[1] is batched:
+            return last[2]
         key = (tuple(passes), batched)
         groups = self._group_cache.get(key)
         if groups is None:
@@ -373,6 +378,7 @@ class BaseGuidance(ConfigMixin):
             groups = [(tuple(p.tuple_index for p in g), tuple(p.identifier for p in g), g[0].perturbed)
                       for g in grouped]
             self._group_cache[key] = groups
+        self._last_groups = (passes, batched, groups)  # plans are reused objects (see `_passes`)
         return groups
 
     def prepare_passes(self, fields: Mapping[str, Any], batched: bool = True) -> list[PassGroup]:
@@ -397,6 +403,7 @@ class BaseGuidance(ConfigMixin):
                         if size is not None:
                             sizes = [size]
             else:
+                shared: list[Any] = []  # tensors shared by every pass: their sizes are the fallback
                 for key, value in fields.items():
                     if type(value) is tuple:
                         # the same (cond, uncond) tuple as last step with unmodified tensors: reuse, no work
@@ -405,7 +412,6 @@ class BaseGuidance(ConfigMixin):
                             try:
                                 if tuple(map(_VERSION, value)) == entry[1]:
                                     values[key] = entry[2]
-                                    per_pass = entry[3]
                                     if not sizes:
                                         sizes = entry[4]
                                     continue
@@ -423,13 +429,21 @@ class BaseGuidance(ConfigMixin):
                     elif isinstance(value, torch.Tensor):
                         per_pass = [value] * len(indices)
                         values[key] = _concat(per_pass, cache, (ids, key))
+                        if not sizes:
+                            shared.append(per_pass)
+                        continue
                     else:
                         per_pass = [_select(value, index) for index in indices]
                         values[key] = _concat(per_pass, cache, (ids, key))
                     if not sizes:
                         found = [_batch_size(v) for v in per_pass]
-                        if all(s is not None for s in found):
+                        if None not in found:
                             sizes = found
+                for per_pass in shared if not sizes else ():
+                    found = [_batch_size(v) for v in per_pass]
+                    if None not in found:
+                        sizes = found
+                        break
                 if not sizes:
                     raise ValueError("prepare_passes(batched=True) needs at least one tensor field to know the batch "
                                      "size.")
@@ -485,8 +499,11 @@ class BaseGuidance(ConfigMixin):
 
     def combine(self, preds: Mapping[str, torch.Tensor]) -> GuiderOutput:
         """``{identifier: prediction}`` (e.g. merged `PassGroup.split` results) -> `GuiderOutput`."""
-        passes = self._passes()
-        if len(preds) != len(passes) or any(p.identifier not in preds for p in passes):
+        passes = self._plan_cache if self._plan_cache is not None else self._passes()
+        complete = len(preds) == len(passes)
+        for p in passes:
+            complete = complete and p.identifier in preds
+        if not complete:
             expected = {p.identifier for p in passes}
             raise ValueError(f"{type(self).__name__}: expected predictions {sorted(expected)} this step, "
                              f"got {sorted(preds)}.")

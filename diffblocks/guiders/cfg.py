@@ -22,6 +22,8 @@ __all__ = [
 ]
 
 _COND, _UNCOND = _Pass("pred_cond", 0), _Pass("pred_uncond", 1)
+# the two plans, shared objects: the grouping of a plan is then found by identity (see BaseGuidance._groups)
+_BOTH, _COND_ONLY = (_COND, _UNCOND), (_COND,)
 
 
 class _TwoPassGuidance(BaseGuidance):
@@ -35,8 +37,13 @@ class _TwoPassGuidance(BaseGuidance):
         return (self._enabled and self._in_window(self._start, self._stop)
                 and self._scale_active(self.guidance_scale, self.use_original_formulation))
 
-    def _plan(self) -> list[_Pass]:
-        return [_COND, _UNCOND] if self._is_active() else [_COND]
+    def _plan(self) -> tuple[_Pass, ...]:
+        return _BOTH if self._is_active() else _COND_ONLY
+
+    def _guiding(self) -> bool:
+        """`_is_active()` for the current step, read from the step's plan once it is built."""
+        plan = self._plan_cache
+        return len(plan) > 1 if plan is not None else self._is_active()
 
     @property
     def requires_unconditional(self) -> bool:
@@ -59,8 +66,10 @@ class ClassifierFreeGuidance(_TwoPassGuidance):
         self.use_original_formulation = use_original_formulation
 
     def forward(self, pred_cond: torch.Tensor, pred_uncond: torch.Tensor | None = None) -> GuiderOutput:
-        if self._is_active():
-            pred = self._base(pred_cond, pred_uncond) + self.guidance_scale * (pred_cond - pred_uncond)
+        plan = self._plan_cache  # `_guiding()` inlined: this runs every step
+        if (len(plan) > 1) if plan is not None else self._is_active():
+            base = pred_cond if self.use_original_formulation else pred_uncond
+            pred = base + self.guidance_scale * (pred_cond - pred_uncond)
         else:
             pred = pred_cond
         return self._finish(pred, pred_cond, pred_uncond, self.guidance_rescale)
@@ -132,7 +141,7 @@ class AdaptiveProjectedGuidance(_TwoPassGuidance):
         return {**super().get_state(), "momentum_buffer": self.momentum_buffer}
 
     def forward(self, pred_cond: torch.Tensor, pred_uncond: torch.Tensor | None = None) -> GuiderOutput:
-        if not self._is_active():
+        if not self._guiding():
             return self._finish(pred_cond, pred_cond, pred_uncond, self.guidance_rescale)
         diff = pred_cond - pred_uncond
         dims = _norm_dims(diff.ndim, self.adaptive_projected_guidance_norm_dim)
@@ -161,7 +170,7 @@ class TangentialClassifierFreeGuidance(_TwoPassGuidance):
         self.use_original_formulation = use_original_formulation
 
     def forward(self, pred_cond: torch.Tensor, pred_uncond: torch.Tensor | None = None) -> GuiderOutput:
-        if not self._is_active():
+        if not self._guiding():
             return self._finish(pred_cond, pred_cond, pred_uncond, self.guidance_rescale)
         dtype = pred_cond.dtype
         stacked = torch.stack([pred_cond, pred_uncond], dim=1).float().flatten(2)
@@ -194,7 +203,7 @@ class ClassifierFreeZeroStarGuidance(_TwoPassGuidance):
         elif self._step is not None and self._step < self.zero_init_steps:
             # zero init: nothing to rescale (the std of zeros is 0)
             return GuiderOutput(pred=torch.zeros_like(pred_cond), pred_cond=pred_cond, pred_uncond=pred_uncond)
-        elif not self._is_active():
+        elif not self._guiding():
             pred = pred_cond
         else:
             cond, uncond = pred_cond.flatten(1).float(), pred_uncond.flatten(1).float()

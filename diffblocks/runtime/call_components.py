@@ -22,19 +22,22 @@ _CLAIMED: set[int] = set()  # ids of stateful components a running call is using
 class CallComponents:
     """Attribute access as on the pipeline (`components.unet`, `components.execution_device`, ...)."""
 
-    __slots__ = ("_pipe", "_used")
+    __slots__ = ("_pipe", "_used", "_plain")
 
     def __init__(self, pipe: Any) -> None:
         object.__setattr__(self, "_pipe", pipe)
         object.__setattr__(self, "_used", {})
+        object.__setattr__(self, "_plain", {})  # name -> the value last seen without copy_for_call
 
     def __getattr__(self, name: str) -> Any:
         found = self._used.get(name)
         if found is not None:
             return found[1]
         pipe = self._pipe
-        value = getattr(pipe, name)
-        if value is not None and name in pipe._components and hasattr(value, "copy_for_call"):
+        value = getattr(pipe, name)  # read every time: a component swapped during the call is seen
+        if value is None or self._plain.get(name) is value:
+            return value  # known plain (a model): skips hasattr, which is slow on modules (their __getattr__)
+        if name in pipe._components and hasattr(value, "copy_for_call"):
             with _LOCK:
                 claimed = id(value) in _CLAIMED
                 if not claimed:
@@ -42,6 +45,7 @@ class CallComponents:
             own = value.copy_for_call() if claimed else value
             self._used[name] = (value, own)
             return own
+        self._plain[name] = value
         return value
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -57,3 +61,4 @@ class CallComponents:
                 if own is shared:
                     _CLAIMED.discard(id(shared))
         self._used.clear()
+        self._plain.clear()

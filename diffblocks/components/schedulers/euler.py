@@ -51,9 +51,9 @@ class _DiscreteSigmaScheduler(SchedulerMixin):
 
     def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor) -> torch.Tensor:
         """Divide by sqrt(sigma^2 + 1) so the model sees unit-variance input."""
-        if self.step_index is None:
+        if self._step_index is None:
             self._init_step_index(timestep)
-        sigma = self.sigmas[self.step_index]
+        sigma = self.sigmas[self._step_index]
         self.is_scale_input_called = True
         return sample / ((sigma**2 + 1) ** 0.5)
 
@@ -63,7 +63,7 @@ class _DiscreteSigmaScheduler(SchedulerMixin):
         if not self.is_scale_input_called:
             logger.warning("%s.step called without scale_model_input; the model input was not scaled.",
                            type(self).__name__)
-        if self.step_index is None:
+        if self._step_index is None:
             self._init_step_index(timestep)
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -206,7 +206,8 @@ class EulerDiscreteScheduler(_DiscreteSigmaScheduler):
         """One Euler step from sigma_i to sigma_{i+1}; `s_churn > 0` adds fresh noise first (SDE-like)."""
         self._begin_step(timestep)
         sample = sample.to(torch.float32)
-        sigma = self.sigmas[self.step_index]
+        index = self._step_index
+        sigma = self.sigmas[index]
         gamma = 0.0
         if s_churn > 0 and s_tmin <= sigma <= s_tmax:
             gamma = min(s_churn / (len(self.sigmas) - 1), 2**0.5 - 1)
@@ -217,9 +218,9 @@ class EulerDiscreteScheduler(_DiscreteSigmaScheduler):
             sample = sample + noise * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
         pred_original_sample = self._pred_original(model_output, sample, sigma, sigma_hat)
         derivative = (sample - pred_original_sample) / sigma_hat
-        dt = self.sigmas[self.step_index + 1] - sigma_hat
+        dt = self.sigmas[index + 1] - sigma_hat
         prev_sample = (sample + derivative * dt).to(model_output.dtype)
-        self._step_index += 1
+        self._step_index = index + 1
         if not return_dict:
             return (prev_sample, pred_original_sample)
         return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)

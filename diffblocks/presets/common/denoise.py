@@ -127,7 +127,10 @@ class LoopDenoiser(ModularPipelineBlocks):
     def unet_kwargs(self, group) -> tuple[torch.Tensor, dict[str, Any]]:
         values = group.as_dict()
         sample = values.pop("sample")
-        added = {k: values.pop(k) for k in self._added_cond_keys if k in values}
+        added = {}
+        for key in self._added_cond_keys:
+            if key in values:
+                added[key] = values.pop(key)
         if added:
             if "image_embeds" in added:  # per-adapter dict (batched by the guider) -> the UNet's list
                 added["image_embeds"] = list(added["image_embeds"].values())
@@ -151,9 +154,12 @@ class LoopDenoiser(ModularPipelineBlocks):
         return constants
 
     def __call__(self, components, block_state, i: int, t: torch.Tensor):
-        guider, n = self._loop_constants(components, block_state)
-        guider.set_state(step=i, num_inference_steps=n, timestep=t)
-        fields = {"sample": block_state.scaled_latents, **self.static_fields(block_state)}
+        per_loop = block_state.__dict__  # what the first step resolved (looked up inline: this runs every step)
+        guider, n = per_loop.get("_denoiser_constants") or self._loop_constants(components, block_state)
+        guider.set_state(i, n, t)
+        static = per_loop.get("_guider_fields")
+        fields = {"sample": block_state.scaled_latents,
+                  **(static if static is not None else self.static_fields(block_state))}
         preds: dict[str, torch.Tensor] = {}
         unet = components.unet
         for group in guider.prepare_passes(fields, batched=True):
@@ -292,8 +298,11 @@ class LoopAfterDenoiser(ModularPipelineBlocks):
 
     def __call__(self, components, block_state, i: int, t: torch.Tensor):
         dtype = block_state.latents.dtype
-        latents = components.scheduler.step(block_state.noise_pred, t, block_state.latents,
-                                            **self.step_kwargs(components, block_state), return_dict=False)[0]
+        kwargs = block_state.__dict__.get("_step_kwargs")
+        if kwargs is None:
+            kwargs = self.step_kwargs(components, block_state)
+        latents = components.scheduler.step(block_state.noise_pred, t, block_state.latents, **kwargs,
+                                            return_dict=False)[0]
         block_state.latents = latents if latents.dtype == dtype else latents.to(dtype)
         return components, block_state
 
