@@ -271,3 +271,90 @@ def test_execute_does_not_mutate_prompt_and_rejects_unknown_links(setup):
     before = copy.deepcopy(prompt)
     run(engine, prompt)
     assert prompt == before
+
+
+# -- diffblocks run ------------------------------------------------------------------------------------------------
+def test_diffblocks_run_matches_engine_and_preset(setup, tmp_path):
+    import subprocess
+    import sys
+
+    engine, folder, _ = setup
+    seed = 5
+    workflow = tmp_path / "workflow_api.json"
+    workflow.write_text(json.dumps(default_workflow(seed=999)))
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "diffblocks", "run", str(workflow), "--models", str(engine.paths.models_dir),
+         "--output", str(out), "--input", str(tmp_path / "in"), "--set", f"3.inputs.seed={seed}",
+         "--set", "9.inputs.filename_prefix=cli/run"],
+        cwd=repo, env={**__import__("os").environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    written = Path(proc.stdout.strip().splitlines()[-1])
+    assert written == out / "cli" / "run_00001_.png"
+    np.testing.assert_array_equal(np.asarray(PIL.Image.open(written)), preset_image(folder, seed))
+
+
+def test_diffblocks_run_errors(setup, tmp_path, capsys):
+    from diffblocks.cli import main
+
+    engine = setup[0]
+    models = str(engine.paths.models_dir)
+    workflow = tmp_path / "w.json"
+    workflow.write_text(json.dumps(default_workflow()))
+
+    def error(*argv: str) -> str:
+        assert main(["run", *argv, "--models", models, "--output", str(tmp_path / "o")]) == 1
+        return capsys.readouterr().err
+
+    assert "not found" in error(str(tmp_path / "missing.json"))
+    (tmp_path / "bad.json").write_text("{nope")
+    assert "not a JSON file" in error(str(tmp_path / "bad.json"))
+    (tmp_path / "ui.json").write_text(json.dumps({"nodes": [], "links": []}))
+    assert "Export (API)" in error(str(tmp_path / "ui.json"))
+    assert "no node '42'" in error(str(workflow), "--set", "42.inputs.text=x")
+    assert "has no input 'txt'" in error(str(workflow), "--set", "6.inputs.txt=x")
+    assert "NODE.inputs.NAME" in error(str(workflow), "--set", "6.text=x")
+    message = error(str(workflow), "--set", "3.inputs.steps=0")
+    assert "node 3 (KSampler): value_smaller_than_min" in message
+
+
+# -- LoraLoader ----------------------------------------------------------------------------------------------------
+def test_lora_loader_matches_preset_and_leaves_other_branches(setup):
+    diffusers = pytest.importorskip("diffusers")
+    from adapter_fixtures import allow_reference_text_encoder_lora, write_reference_lora
+
+    allow_reference_text_encoder_lora()
+    engine, folder, root = setup
+    loras = engine.paths.models_dir / "loras"
+    ref = diffusers.StableDiffusionPipeline.from_pretrained(str(folder))
+    written = write_reference_lora(ref, loras / "written", seed=3)
+    written.rename(loras / "style.safetensors")
+    seed = 71
+    prompt = default_workflow(seed=seed)
+    prompt["10"] = {"class_type": "LoraLoader", "inputs": {"model": ["4", 0], "clip": ["4", 1],
+                                                           "lora_name": "style.safetensors",
+                                                           "strength_model": 0.7, "strength_clip": 0.5}}
+    prompt["3"]["inputs"]["model"] = ["10", 0]
+    prompt["6"]["inputs"]["clip"] = prompt["7"]["inputs"]["clip"] = ["10", 1]
+    ui, _ = run(engine, prompt)
+    with_lora = saved(root, ui)
+
+    pipe = ModularPipeline.from_pretrained(str(folder))
+    pipe.load_components()
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(loras / "style.safetensors"), adapter_name="style")
+    pipe.set_adapters(["style"], adapter_weights=[{"unet": 0.7, "text_encoder": 0.5}])
+    pipe.update_components(scheduler=EulerDiscreteScheduler.from_config(pipe.scheduler.config,
+                                                                        timestep_spacing="linspace"))
+    wf = default_workflow(seed=seed)
+    expected = pipe(prompt=wf["6"]["inputs"]["text"], negative_prompt=wf["7"]["inputs"]["text"],
+                    generator=torch.Generator().manual_seed(seed), num_inference_steps=STEPS, guidance_scale=8.0,
+                    height=SIZE, width=SIZE, output="images")[0]
+    np.testing.assert_array_equal(with_lora, np.asarray(expected))
+    # the checkpoint's own MODEL / CLIP (no LoraLoader on the way) still give the image without the LoRA
+    ui, _ = run(engine, default_workflow(seed=seed))
+    without = saved(root, ui)
+    np.testing.assert_array_equal(without, preset_image(folder, seed))
+    assert not np.array_equal(without, with_lora)

@@ -11,12 +11,13 @@ import logging
 import sys
 
 from . import convert, demo, generate, info, inspect, train
+from . import run as run_workflow
 from .blocks_arg import NAMED_BLOCKS, resolve_blocks
 
 __all__ = ["COMMANDS", "NAMED_BLOCKS", "build_parser", "main", "resolve_blocks"]
 
 # subcommand modules, in the order `diffblocks --help` lists them
-COMMANDS = [inspect, demo, generate, train, convert, info]
+COMMANDS = [inspect, demo, generate, train, convert, info, run_workflow]
 
 
 def _version() -> str:

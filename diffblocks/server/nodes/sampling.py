@@ -2,10 +2,10 @@
 
 They run the preset blocks of the checkpoint's family: CLIPTextEncode is the family's text-encoder step (prompt
 only: negatives are separate CONDITIONING inputs of the sampler); a sampler is the family's text-to-image (or
-image-to-image) block dict without its text-encoder, VAE-encoder and decode stages, fed the embeddings, the seed
-as a CPU `torch.Generator` (as ComfyUI draws its noise on the CPU) and the scheduler that `sampler_name` /
-`scheduler` select (samplers.py). So a workflow gives the image the Python preset gives for the same prompt, seed,
-steps, CFG, scheduler and size.
+image-to-image) block dict without its text-encoder and VAE-encoder stages (its decode stage returns the latents
+undecoded), fed the embeddings, the seed as a CPU `torch.Generator` (as ComfyUI draws its noise on the CPU) and
+the scheduler that `sampler_name` / `scheduler` select (samplers.py). So a workflow gives the image the Python
+preset gives for the same prompt, seed, steps, CFG, scheduler and size.
 """
 
 from __future__ import annotations
@@ -130,7 +130,9 @@ def sample(ctx: Any, model: ModelHandle, positive: Conditioning, negative: Condi
         blocks = dict(module.CONTROLNET_BLOCKS)
     else:
         blocks = dict(module.TEXT2IMAGE_BLOCKS if text2img else module.IMAGE2IMAGE_BLOCKS)
-    for stage in ("text_encoder", "vae_encoder", "decode"):
+    # the decode stage stays, with output_type="latent": it returns the latents undecoded, and it declares the VAE
+    # the other stages read (when present) for the latent size factor, as in the full preset
+    for stage in ("text_encoder", "vae_encoder"):
         blocks.pop(stage, None)
     accepted = ctx.block_inputs(blocks)
     kwargs: dict[str, Any] = dict(positive.embeds)
@@ -141,7 +143,7 @@ def sample(ctx: Any, model: ModelHandle, positive: Conditioning, negative: Condi
     if batch % prompts:
         raise ValueError(f"the latent batch ({batch}) must be a multiple of the prompt batch ({prompts})")
     kwargs.update(num_inference_steps=steps, num_images_per_prompt=batch // prompts,
-                  generator=torch.Generator().manual_seed(seed))
+                  generator=torch.Generator().manual_seed(seed), output_type="latent")
     if family == "flux":
         kwargs["guidance_scale"] = positive.guidance if positive.guidance is not None else 3.5
         kwargs["true_cfg_scale"] = cfg
@@ -177,10 +179,8 @@ def sample(ctx: Any, model: ModelHandle, positive: Conditioning, negative: Condi
                       control_guidance_start=[h.start_percent for h in hints] if multi else hints[0].start_percent,
                       control_guidance_end=[h.end_percent for h in hints] if multi else hints[0].end_percent)
     components: dict[str, Any] = {model.denoiser_name: model.denoiser,
-                                  "scheduler": make_scheduler(sampler_name, scheduler, model.pipe.scheduler)}
-    pipe = ctx.pipeline(blocks)
-    if "vae" in pipe.component_names:  # read for the latent channels and size factor only
-        components["vae"] = getattr(model.pipe, "vae", None)
+                                  "scheduler": make_scheduler(sampler_name, scheduler, model.pipe.scheduler),
+                                  "vae": getattr(model.pipe, "vae", None)}
     if positive.controls:
         components["controlnet"] = nets if multi else nets[0]
     unknown = sorted(set(kwargs) - accepted)
