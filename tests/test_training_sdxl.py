@@ -148,8 +148,9 @@ def test_one_step_matches_the_reference_script(base, data, tmp_path, train_text_
     # the update follows the gradient, so the weights compare the gradients themselves.
     opts = dict(seed=0, learning_rate=1e-3, adam_epsilon=1e-5, snr_gamma=5.0, noise_offset=0.1)
     out = tmp_path / "out"
+    validation = dict(validation_prompt="a pattern", num_validation_images=1, validation_inference_steps=3)
     result = train(fast_config(base, data, out, max_train_steps=1, center_crop=True, lr_scheduler="constant",
-                               train_text_encoder=train_text_encoder, **opts))
+                               train_text_encoder=train_text_encoder, **opts, **validation))
     expected_loss, ref_unet, ref_encoders, _ = _reference_step(base, data, opts["seed"], opts["learning_rate"],
                                                                opts["adam_epsilon"], opts["snr_gamma"],
                                                                opts["noise_offset"], train_text_encoder)
@@ -173,6 +174,13 @@ def test_one_step_matches_the_reference_script(base, data, tmp_path, train_text_
     assert np.abs(got - expected).max() <= 1e-4
     base_got, _ = _images(base)
     assert np.abs(got - base_got).max() > 1e-3
+    # the validation image is our SDXL pipeline's image of the trained weights (seed --seed + 0)
+    ours = ModularPipeline.from_pretrained(str(out))
+    ours.load_components()
+    ours.set_progress_bar_config(disable=True)
+    image = ours(**KW, generator=torch.Generator().manual_seed(0), output="images")[0]
+    assert [p.name for p in result.validation_images] == ["step-000001-0.png"]
+    assert np.array_equal(np.asarray(Image.open(result.validation_images[0])), np.asarray(image))
 
 
 def test_lora_file_loads_in_the_reference_and_matches_ours(base, data, tmp_path):

@@ -212,8 +212,10 @@ class Trainer:
         if cfg.gradient_checkpointing:
             m.unet.enable_gradient_checkpointing()
             if cfg.train_text_encoder:
-                for encoder in encoders.values():
-                    encoder.gradient_checkpointing_enable()
+                for encoder in encoders.values():  # transformers 5 renamed it activation_checkpointing_enable
+                    enable = getattr(encoder, "activation_checkpointing_enable", None) or \
+                        encoder.gradient_checkpointing_enable
+                    enable()
 
         if cfg.workflow == "dreambooth" and cfg.with_prior_preservation:
             class_examples = generate_class_images(cfg, acc, m)
