@@ -6,7 +6,11 @@ add_noise -> predict -> target -> loss -> optimize) on our UNet and DDPMSchedule
 "reference" is the diffusers script's step written out on diffusers' UNet2DConditionModel and DDPMScheduler.
 Each (side, case) runs in its own subprocess, alternating sides, so peak RSS belongs to one side only.
 
-    python bench/training.py [--repeats 2] [--steps 4] [--full] [--device cpu|cuda]
+    python bench/training.py [--repeats 2] [--steps 4] [--sdxl] [--full] [--device cpu|cuda]
+
+`--sdxl` adds the tiny SDXL-shaped UNet (text_time conditioning): ours runs the SDXL graph's time_ids block too
+(pooled embeddings + original size / crop / target size -> add_time_ids), the reference the SDXL script's
+compute_time_ids.
 
 The full-size SD 1.5 config uses SGD (no optimizer state) on CPU so it fits a 24 GB machine; the tiny one AdamW.
 """
@@ -31,10 +35,10 @@ def _child(side: str, case: str, steps: int, device: str) -> dict:
     import torch
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from model_fixtures import SD15_UNET, SD15_UNET_FULL
+    from model_fixtures import SD15_UNET, SD15_UNET_FULL, SDXL_TEXT_EMBED_DIM, SDXL_UNET
 
     torch.manual_seed(0)
-    config, size = (SD15_UNET_FULL, 64) if case == "full" else (SD15_UNET, 64)
+    config, size = {"full": SD15_UNET_FULL, "sdxl": SDXL_UNET}.get(case, SD15_UNET), 64
     cross = config["cross_attention_dim"]
     sched_cfg = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     if side == "ours":
@@ -51,34 +55,44 @@ def _child(side: str, case: str, steps: int, device: str) -> dict:
     gen = torch.Generator().manual_seed(0)
     latents = torch.randn(1, 4, size, size, generator=gen).to(device)
     embeds = torch.randn(1, 77, cross, generator=gen).to(device)
+    xl = case == "sdxl"
+    pooled = torch.randn(1, SDXL_TEXT_EMBED_DIM, generator=gen).to(device) if xl else None
+    pixels = size * 8  # the size the latents stand for: original and target size of the time ids
 
     if side == "ours":
         from accelerate import Accelerator
 
         from diffblocks.blocks import PipelineState, SequentialPipelineBlocks
         from diffblocks.blocks.base import ComponentsNamespace
-        from diffblocks.training import TEXT2IMAGE_TRAIN_BLOCKS
+        from diffblocks.training import SDXL_TEXT2IMAGE_TRAIN_BLOCKS, TEXT2IMAGE_TRAIN_BLOCKS
 
         acc = Accelerator(cpu=device == "cpu")
         unet, optimizer = acc.prepare(unet, optimizer)
+        graph = SDXL_TEXT2IMAGE_TRAIN_BLOCKS if xl else TEXT2IMAGE_TRAIN_BLOCKS
         blocks = SequentialPipelineBlocks.from_blocks_dict(
-            {k: v for k, v in TEXT2IMAGE_TRAIN_BLOCKS.items() if k not in ("text_encoder", "vae_encoder")})
-        comps = ComponentsNamespace({"unet": unet, "noise_scheduler": scheduler})
+            {k: v for k, v in graph.items() if k not in ("text_encoder", "vae_encoder")})
+        comps = ComponentsNamespace({"unet": unet, "noise_scheduler": scheduler, "vae": None})
+        extra = dict(pooled_prompt_embeds=pooled, original_sizes=[(pixels, pixels)],
+                     crop_top_lefts=[(0, 0)]) if xl else {}
 
         def step():
             state = PipelineState()
             for k, v in dict(image_latents=latents, prompt_embeds=embeds, generator=gen, accelerator=acc,
-                             optimizer=optimizer, params_to_clip=params, max_grad_norm=1.0).items():
+                             optimizer=optimizer, params_to_clip=params, max_grad_norm=1.0, **extra).items():
                 state.set(k, v)
             blocks(comps, state)
     else:
         import torch.nn.functional as F
 
-        def step():  # train_text_to_image.py's inner step
+        def step():  # train_text_to_image(_sdxl).py's inner step
             noise = torch.randn(latents.shape, generator=gen).to(device)
             timesteps = torch.randint(0, 1000, (1,), generator=gen).to(device)
             noisy = scheduler.add_noise(latents, noise, timesteps)
-            pred = unet(noisy, timesteps, embeds, return_dict=False)[0]
+            kwargs = {}
+            if xl:  # compute_time_ids: original_size + crops_coords_top_left + target_size
+                time_ids = torch.tensor([[pixels, pixels, 0, 0, pixels, pixels]], device=device, dtype=pooled.dtype)
+                kwargs["added_cond_kwargs"] = {"time_ids": time_ids, "text_embeds": pooled}
+            pred = unet(noisy, timesteps, embeds, return_dict=False, **kwargs)[0]
             loss = F.mse_loss(pred.float(), noise.float(), reduction="mean")
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -110,6 +124,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="subprocess runs per side (alternating)")
     parser.add_argument("--steps", type=int, default=4, help="timed steps per run (after one warm-up)")
     parser.add_argument("--full", action="store_true", help="also the full-size SD 1.5 UNet config (~10 GB)")
+    parser.add_argument("--sdxl", action="store_true", help="also the tiny SDXL-shaped UNet (time-id conditioning)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
@@ -122,7 +137,7 @@ def main() -> None:
         return
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.device}; batch 1, 64x64 latents")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
-    for case in ["tiny"] + (["full"] if args.full else []):
+    for case in ["tiny"] + (["sdxl"] if args.sdxl else []) + (["full"] if args.full else []):
         results: dict[str, list[dict]] = {"ours": [], "reference": []}
         for _ in range(args.repeats):
             for side in ("reference", "ours"):
