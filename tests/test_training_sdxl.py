@@ -73,7 +73,9 @@ def _reference_encode_prompt(text_encoders, tokenizers, captions):
     return torch.cat(embeds, dim=-1), pooled.view(len(captions), -1)
 
 
-def _reference_step(base, data, seed, lr, eps, snr_gamma, noise_offset, train_text_encoder):
+def _reference_step(base, data, seed, lr, eps, snr_gamma, noise_offset, train_text_encoder, lora=None):
+    """One step of the SDXL scripts; `lora`: (rank, alpha, initial adapter weights per component) as the LoRA
+    scripts set them up (add_adapter on the frozen models with their LoraConfigs)."""
     from diffusers.training_utils import compute_snr
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -85,10 +87,28 @@ def _reference_step(base, data, seed, lr, eps, snr_gamma, noise_offset, train_te
     scheduler = diffusers.DDPMScheduler.from_pretrained(str(base), subfolder="scheduler")
     vae.requires_grad_(False)
     for enc in encoders:
-        enc.requires_grad_(train_text_encoder)
+        enc.requires_grad_(train_text_encoder and lora is None)
         enc.train(train_text_encoder)
     unet.train()
-    params = list(unet.parameters()) + ([p for e in encoders for p in e.parameters()] if train_text_encoder else [])
+    if lora is not None:
+        from peft import LoraConfig, inject_adapter_in_model
+        from peft.utils import set_peft_model_state_dict
+
+        rank, alpha, initial = lora
+        unet.requires_grad_(False)
+        targets = [(unet, "unet", ["to_k", "to_q", "to_v", "to_out.0"])]
+        if train_text_encoder:
+            targets += [(e, n, ["q_proj", "k_proj", "v_proj", "out_proj"])
+                        for e, n in zip(encoders, ("text_encoder", "text_encoder_2"))]
+        for model, name, modules in targets:
+            config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=modules)
+            if model is unet:
+                model.add_adapter(config)
+            else:  # what transformers' add_adapter does (it needs a newer peft than the one installed)
+                inject_adapter_in_model(config, model)
+            set_peft_model_state_dict(model, initial[name])  # the same random init as our run
+    trained = [unet] + (encoders if train_text_encoder else [])
+    params = [p for m in trained for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=eps)
 
     # the data order of our loader: a permutation seeded by seed + epoch (the reference shuffles with its own RNG)
@@ -199,6 +219,33 @@ def test_lora_file_loads_in_the_reference_and_matches_ours(base, data, tmp_path)
     assert np.abs(got - expected).max() <= 1e-4
     _, ref_base = _images(base)
     assert np.abs(expected - ref_base).max() > 1e-4  # the adapters change the image
+
+
+def test_lora_step_matches_the_reference_script(base, data, tmp_path):
+    """One LoRA step (UNet + both text encoders) from the same initial adapters as the LoRA scripts' step."""
+    from peft.utils import get_peft_model_state_dict
+
+    opts = dict(seed=0, learning_rate=1e-3, adam_epsilon=1e-5, snr_gamma=None, noise_offset=0.0)
+    out = tmp_path / "lora-step"
+    trainer = Trainer(fast_config(base, data, out, max_train_steps=1, center_crop=True, lr_scheduler="constant",
+                                  lora=True, rank=4, lora_alpha=8, train_text_encoder=True, **opts))
+    trainer.setup()
+    names = ("unet", "text_encoder", "text_encoder_2")
+    initial = {n: {k: v.detach().clone() for k, v in get_peft_model_state_dict(getattr(trainer.models, n)).items()}
+               for n in names}
+    result = trainer.run()
+    expected_loss, ref_unet, ref_encoders, _ = _reference_step(
+        base, data, opts["seed"], opts["learning_rate"], opts["adam_epsilon"], None, 0.0, True, lora=(4, 8, initial))
+    assert result.losses[0] == pytest.approx(expected_loss, rel=1e-5, abs=1e-6)
+    saved = load_file(str(out / "pytorch_lora_weights.safetensors"))
+    moved = 0.0
+    for name, model in zip(names, (ref_unet, *ref_encoders)):
+        reference = {k.replace("text_model.", ""): v.detach() for k, v in get_peft_model_state_dict(model).items()}
+        ours = {k[len(name) + 1:].replace("text_model.", ""): v for k, v in saved.items()
+                if k.split(".")[0] == name}
+        assert max_diff(ours, reference) <= 1e-5, name
+        moved = max(moved, max_diff(ours, {k.replace("text_model.", ""): v for k, v in initial[name].items()}))
+    assert moved > 2e-4
 
 
 def test_data_records_original_size_and_crop_as_the_scripts():
