@@ -358,3 +358,110 @@ def test_lora_loader_matches_preset_and_leaves_other_branches(setup):
     without = saved(root, ui)
     np.testing.assert_array_equal(without, preset_image(folder, seed))
     assert not np.array_equal(without, with_lora)
+
+
+# -- ControlNet ----------------------------------------------------------------------------------------------------
+def test_controlnet_apply_advanced_matches_preset(setup):
+    from fixtures_sd import build_controlnet, test_image
+
+    from diffblocks import ControlNetModel
+
+    engine, folder, root = setup
+    net_folder = build_controlnet(engine.paths.models_dir / "controlnet")
+    (root / "input").mkdir(exist_ok=True)
+    test_image(SIZE, seed=4).save(root / "input" / "control.png")
+    seed = 81
+    prompt = default_workflow(seed=seed)
+    prompt["20"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "controlnet"}}
+    prompt["21"] = {"class_type": "LoadImage", "inputs": {"image": "control.png"}}
+    prompt["22"] = {"class_type": "ControlNetApplyAdvanced",
+                    "inputs": {"positive": ["6", 0], "negative": ["7", 0], "control_net": ["20", 0],
+                               "image": ["21", 0], "strength": 0.8, "start_percent": 0.0, "end_percent": 0.5}}
+    prompt["3"]["inputs"].update(positive=["22", 0], negative=["22", 1])
+    ui, _ = run(engine, prompt)
+    got = saved(root, ui)
+
+    pipe = ModularPipeline.from_pretrained(str(folder))
+    pipe.load_components()
+    pipe.set_progress_bar_config(disable=True)
+    pipe.update_components(controlnet=ControlNetModel.from_pretrained(str(net_folder)),
+                           scheduler=EulerDiscreteScheduler.from_config(pipe.scheduler.config,
+                                                                        timestep_spacing="linspace"))
+    wf = default_workflow(seed=seed)
+    expected = pipe(prompt=wf["6"]["inputs"]["text"], negative_prompt=wf["7"]["inputs"]["text"],
+                    generator=torch.Generator().manual_seed(seed), num_inference_steps=STEPS, guidance_scale=8.0,
+                    height=SIZE, width=SIZE, control_image=PIL.Image.open(root / "input" / "control.png"),
+                    controlnet_conditioning_scale=0.8, control_guidance_start=0.0, control_guidance_end=0.5,
+                    output="images")[0]
+    np.testing.assert_array_equal(got, np.asarray(expected))
+    assert not np.array_equal(got, preset_image(folder, seed))
+
+
+# -- KSamplerAdvanced ----------------------------------------------------------------------------------------------
+def _advanced(prompt: dict, node: str, latent: list, **inputs) -> None:
+    ks = prompt["3"]["inputs"]
+    prompt[node] = {"class_type": "KSamplerAdvanced", "inputs": {
+        "model": ks["model"], "positive": ks["positive"], "negative": ks["negative"], "latent_image": latent,
+        "noise_seed": ks["seed"], "steps": ks["steps"], "cfg": ks["cfg"], "sampler_name": ks["sampler_name"],
+        "scheduler": ks["scheduler"], "add_noise": "enable", "start_at_step": 0, "end_at_step": 10000,
+        "return_with_leftover_noise": "disable", **inputs}}
+
+
+def test_ksampler_advanced_full_range_and_split_equal_ksampler(setup):
+    engine, _, root = setup
+    seed, steps = 91, 4
+    plain, _ = run(engine, default_workflow(seed=seed, steps=steps))
+    expected = saved(root, plain)
+    full = default_workflow(seed=seed, steps=steps)
+    _advanced(full, "30", ["5", 0])
+    full["8"]["inputs"]["samples"] = ["30", 0]
+    ui, _ = run(engine, full)
+    np.testing.assert_array_equal(saved(root, ui), expected)
+    # the refiner pattern: steps 0-2 returning the leftover noise, then 2-4 without adding noise; a deterministic
+    # sampler continues exactly where it stopped, so the result is the one-pass result
+    split = default_workflow(seed=seed, steps=steps)
+    _advanced(split, "31", ["5", 0], end_at_step=2, return_with_leftover_noise="enable")
+    _advanced(split, "32", ["31", 0], start_at_step=2, add_noise="disable")
+    split["8"]["inputs"]["samples"] = ["32", 0]
+    ui, rec = run(engine, split)
+    assert [e[1:] for e in rec.of("progress")] == [("31", 1, 2), ("31", 2, 2), ("32", 1, 2), ("32", 2, 2)]
+    np.testing.assert_allclose(saved(root, ui).astype(float), expected.astype(float), atol=1)
+    bad = default_workflow(seed=seed, steps=steps)
+    _advanced(bad, "33", ["5", 0], end_at_step=2)
+    bad["8"]["inputs"]["samples"] = ["33", 0]
+    result = engine.validate(bad)
+    assert [e["type"] for e in result.node_errors["33"]["errors"]] == ["custom_validation_failed"]
+
+
+# -- inpainting ----------------------------------------------------------------------------------------------------
+def test_vae_encode_for_inpaint_matches_preset_inpainting(setup):
+    from fixtures_sd import test_image
+
+    engine, folder, root = setup
+    (root / "input").mkdir(exist_ok=True)
+    test_image(SIZE, seed=8).save(root / "input" / "photo.png")
+    mask = np.zeros((SIZE, SIZE), dtype=np.uint8)
+    mask[8:24, 4:20] = 255
+    PIL.Image.fromarray(mask, "L").save(root / "input" / "mask.png")
+    seed = 101
+    prompt = default_workflow(seed=seed)
+    prompt["40"] = {"class_type": "LoadImage", "inputs": {"image": "photo.png"}}
+    prompt["41"] = {"class_type": "LoadImageMask", "inputs": {"image": "mask.png", "channel": "red"}}
+    prompt["42"] = {"class_type": "VAEEncodeForInpaint", "inputs": {"pixels": ["40", 0], "vae": ["4", 2],
+                                                                     "mask": ["41", 0], "grow_mask_by": 0}}
+    prompt["3"]["inputs"]["latent_image"] = ["42", 0]
+    run(engine, prompt)
+    # the decoded IMAGE (float): the pixels reach the blocks as a tensor here and as a PIL image in the preset
+    got = engine.cache.get(engine._signatures(prompt, engine._order(prompt, ["8"]))["8"]).outputs[0][0].numpy()
+
+    pipe = ModularPipeline.from_pretrained(str(folder))
+    pipe.load_components()
+    pipe.set_progress_bar_config(disable=True)
+    pipe.update_components(scheduler=EulerDiscreteScheduler.from_config(pipe.scheduler.config,
+                                                                        timestep_spacing="linspace"))
+    wf = default_workflow(seed=seed)
+    expected = pipe(prompt=wf["6"]["inputs"]["text"], negative_prompt=wf["7"]["inputs"]["text"],
+                    generator=torch.Generator().manual_seed(seed), num_inference_steps=STEPS, guidance_scale=8.0,
+                    height=SIZE, width=SIZE, image=PIL.Image.open(root / "input" / "photo.png"),
+                    mask_image=PIL.Image.open(root / "input" / "mask.png"), strength=1.0, output_type="np", output="images")[0]
+    np.testing.assert_allclose(got, expected, atol=1e-5)

@@ -44,6 +44,9 @@ COMFY_CORE = {
     "PreviewImage": (["images"], []),
     "LoraLoader": (["model", "clip", "lora_name", "strength_model", "strength_clip"], ["MODEL", "CLIP"]),
     "FluxGuidance": (["conditioning", "guidance"], ["CONDITIONING"]),
+    "ControlNetLoader": (["control_net_name"], ["CONTROL_NET"]),
+    "ControlNetApplyAdvanced": (["positive", "negative", "control_net", "image", "strength", "start_percent",
+                                 "end_percent"], ["CONDITIONING", "CONDITIONING"]),
 }
 
 

@@ -10,7 +10,10 @@
 | KSampler                 | sampling.py  |
 | KSamplerAdvanced         | sampling.py  |
 | FluxGuidance             | sampling.py  |
+| ControlNetLoader         | controlnet.py|
+| ControlNetApplyAdvanced  | controlnet.py|
 | VAEDecode, VAEEncode     | images.py    |
+| VAEEncodeForInpaint      | images.py    |
 | LoadImage, LoadImageMask | images.py    |
 | SaveImage, PreviewImage  | images.py    |
 """
@@ -18,7 +21,16 @@
 from __future__ import annotations
 
 from .base import Node
-from .images import LoadImage, LoadImageMask, PreviewImage, SaveImage, VAEDecode, VAEEncode
+from .controlnet import ControlNetApplyAdvanced, ControlNetLoader
+from .images import (
+    LoadImage,
+    LoadImageMask,
+    PreviewImage,
+    SaveImage,
+    VAEDecode,
+    VAEEncode,
+    VAEEncodeForInpaint,
+)
 from .loaders import CheckpointLoaderSimple, CLIPSetLastLayer, LoraLoader
 from .sampling import CLIPTextEncode, EmptyLatentImage, FluxGuidance, KSampler, KSamplerAdvanced
 
@@ -26,5 +38,6 @@ __all__ = ["CORE_NODES"]
 
 CORE_NODES: list[type[Node]] = [
     CheckpointLoaderSimple, CLIPTextEncode, CLIPSetLastLayer, EmptyLatentImage, KSampler, KSamplerAdvanced,
-    VAEDecode, VAEEncode, LoadImage, LoadImageMask, SaveImage, PreviewImage, LoraLoader, FluxGuidance,
+    VAEDecode, VAEEncode, VAEEncodeForInpaint, LoadImage, LoadImageMask, SaveImage, PreviewImage, LoraLoader, FluxGuidance,
+    ControlNetLoader, ControlNetApplyAdvanced,
 ]

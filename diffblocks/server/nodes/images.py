@@ -1,4 +1,4 @@
-"""Image and VAE nodes: VAEDecode, VAEEncode, LoadImage, LoadImageMask, SaveImage, PreviewImage.
+"""Image and VAE nodes: VAEDecode, VAEEncode, VAEEncodeForInpaint, LoadImage, LoadImageMask, SaveImage, PreviewImage.
 
 VAE nodes run the family's decode / VAE-encoder blocks. Images are written as PNG with the API prompt in the
 `prompt` text chunk (and each `extra_pnginfo` entry, e.g. the UI's `workflow`), named as ComfyUI names them
@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import Node, NodeOutput, ServerPaths, combo, socket, string_spec
+from .base import Node, NodeOutput, ServerPaths, combo, int_spec, socket, string_spec
 from .values import family_module, image_to_nchw, nchw_to_image
 
-__all__ = ["LoadImage", "LoadImageMask", "PreviewImage", "SaveImage", "VAEDecode", "VAEEncode", "input_image_names",
+__all__ = ["LoadImage", "LoadImageMask", "PreviewImage", "SaveImage", "VAEDecode", "VAEEncode", "VAEEncodeForInpaint",
+           "input_image_names",
            "save_images"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -113,6 +114,36 @@ class VAEEncode(Node):
         state = _encode(ctx, vae, pixels, blocks)
         return ({"samples": state.get("image_latents"), "pixel_size": tuple(pixels.shape[1:3]),
                  "family": vae.family},)
+
+
+class VAEEncodeForInpaint(Node):
+    CATEGORY = "latent/inpaint"
+    DISPLAY_NAME = "VAE Encode (for Inpainting)"
+    DESCRIPTION = ("Encodes an image for inpainting: the sampler regenerates the masked area (grown by grow_mask_by "
+                   "pixels) and keeps the rest, with the family's inpainting blocks (4- or 9-channel models).")
+    RETURN_TYPES = ("LATENT",)
+
+    @classmethod
+    def input_types(cls, paths):
+        return {"required": {"pixels": socket("IMAGE"), "vae": socket("VAE"), "mask": socket("MASK"),
+                             "grow_mask_by": int_spec(6, min=0, max=64, step=1)}}
+
+    def run(self, ctx, pixels, vae, mask, grow_mask_by):
+        if vae.vae is None:
+            raise ValueError(f"checkpoint {vae.name!r} has no VAE")
+        mask = (mask if mask.ndim == 3 else mask[None]).float()
+        if tuple(mask.shape[-2:]) != tuple(pixels.shape[1:3]):
+            mask = torch.nn.functional.interpolate(mask[:, None], size=tuple(pixels.shape[1:3]), mode="bilinear")[:, 0]
+        if grow_mask_by > 0:  # dilate: a pixel within grow_mask_by of a masked one is masked
+            mask = torch.nn.functional.max_pool2d(mask[:, None], 2 * grow_mask_by + 1, stride=1,
+                                                  padding=grow_mask_by)[:, 0]
+        mask = mask.clamp(0, 1)
+        # the latent others see: the image with its masked area grey, as ComfyUI encodes it
+        grey = (pixels[..., :3] - 0.5) * (1.0 - mask.round()[..., None]) + 0.5
+        blocks = {"vae_encoder": family_module(vae.family).IMAGE2IMAGE_BLOCKS["vae_encoder"]}
+        state = _encode(ctx, vae, grey, blocks)
+        return ({"samples": state.get("image_latents"), "noise_mask": mask, "pixel_size": tuple(pixels.shape[1:3]),
+                 "family": vae.family, "inpaint_pixels": pixels[..., :3], "inpaint_vae": vae.vae},)
 
 
 class LoadImage(Node):

@@ -22,14 +22,11 @@ __all__ = ["CLIPSetLastLayer", "CheckpointLoaderSimple", "LoraLoader", "checkpoi
            "model_files", "resolve_model_file"]
 
 
-def _is_model_folder(path: Path) -> bool:
-    return (path / "model_index.json").is_file()
-
-
-def model_files(paths: ServerPaths | None, kind: str, top_level: bool = True,
-                folders: bool = True) -> dict[str, Path]:
+def model_files(paths: ServerPaths | None, kind: str, top_level: bool = True, folders: bool = True,
+                marker: str = "model_index.json") -> dict[str, Path]:
     """name -> path of the models of one kind: under `<models>/<kind>` (recursively) and, when `top_level`, at the
-    top of `<models>` itself. Diffusers folders (model_index.json) when `folders`, and `.safetensors` files."""
+    top of `<models>` itself. Diffusers folders (holding `marker`: model_index.json for pipelines, config.json for
+    single models) when `folders`, and `.safetensors` files."""
     found: dict[str, Path] = {}
     if paths is None:
         return found
@@ -41,7 +38,7 @@ def model_files(paths: ServerPaths | None, kind: str, top_level: bool = True,
             here = Path(dirpath)
             dirnames.sort()
             for d in list(dirnames):
-                if folders and _is_model_folder(here / d):
+                if folders and (here / d / marker).is_file():
                     found.setdefault((here / d).relative_to(root).as_posix(), here / d)
                     dirnames.remove(d)  # a model folder's own files are not models
             for f in sorted(filenames):

@@ -18,7 +18,7 @@ import torch
 from .adapters import active_loras
 from .base import MAX_RESOLUTION, MAX_SEED, Node, combo, float_spec, int_spec, socket, string_spec
 from .samplers import SAMPLER_NAMES, SCHEDULER_NAMES, check_sampler, make_scheduler
-from .values import Conditioning, ModelHandle, family_module
+from .values import Conditioning, ModelHandle, family_module, image_to_nchw
 
 __all__ = ["CLIPTextEncode", "EmptyLatentImage", "FluxGuidance", "KSampler", "KSamplerAdvanced", "sample"]
 
@@ -122,17 +122,26 @@ def sample(ctx: Any, model: ModelHandle, positive: Conditioning, negative: Condi
         raise ValueError(f"latent_image holds {latent['family']} latents but the model is {family}")
     module = family_module(family)
     height, width = _pixel_size(model, latent)
-    text2img = bool(latent.get("empty")) and denoise >= 1.0 and denoising_start is None
+    inpaint = latent.get("noise_mask") is not None
+    if inpaint and latent.get("inpaint_pixels") is None:
+        raise ValueError("a latent with a noise mask but without its image is not supported; encode the image with "
+                         "VAEEncodeForInpaint")
+    text2img = bool(latent.get("empty")) and denoise >= 1.0 and denoising_start is None and not inpaint
     if positive.controls:
         if not text2img or family == "flux":
             raise ValueError("ControlNet conditioning is supported for text-to-image sampling (empty latent, "
                              "denoise 1.0) of SD 1.x/2.x and SDXL models")
         blocks = dict(module.CONTROLNET_BLOCKS)
+    elif inpaint:
+        if denoising_start is not None or denoising_end is not None:
+            raise ValueError("inpainting latents take the whole schedule: use KSampler, or start_at_step 0 and "
+                             "end_at_step >= steps")
+        blocks = dict(module.INPAINT_BLOCKS)  # its VAE-encoder stage prepares the image and the mask
     else:
         blocks = dict(module.TEXT2IMAGE_BLOCKS if text2img else module.IMAGE2IMAGE_BLOCKS)
     # the decode stage stays, with output_type="latent": it returns the latents undecoded, and it declares the VAE
     # the other stages read (when present) for the latent size factor, as in the full preset
-    for stage in ("text_encoder", "vae_encoder"):
+    for stage in ("text_encoder",) if inpaint else ("text_encoder", "vae_encoder"):
         blocks.pop(stage, None)
     accepted = ctx.block_inputs(blocks)
     kwargs: dict[str, Any] = dict(positive.embeds)
@@ -151,7 +160,10 @@ def sample(ctx: Any, model: ModelHandle, positive: Conditioning, negative: Condi
         kwargs["guidance_scale"] = cfg
     if "height" in accepted:
         kwargs.update(height=height, width=width)
-    if not text2img:
+    if inpaint:
+        kwargs.update(image=image_to_nchw(latent["inpaint_pixels"]), mask_image=latent["noise_mask"][:, None],
+                      strength=denoise)
+    elif not text2img:
         image_latents = latent["samples"]
         if latent.get("empty"):
             if family == "flux":
@@ -180,7 +192,7 @@ def sample(ctx: Any, model: ModelHandle, positive: Conditioning, negative: Condi
                       control_guidance_end=[h.end_percent for h in hints] if multi else hints[0].end_percent)
     components: dict[str, Any] = {model.denoiser_name: model.denoiser,
                                   "scheduler": make_scheduler(sampler_name, scheduler, model.pipe.scheduler),
-                                  "vae": getattr(model.pipe, "vae", None)}
+                                  "vae": latent["inpaint_vae"] if inpaint else getattr(model.pipe, "vae", None)}
     if positive.controls:
         components["controlnet"] = nets if multi else nets[0]
     unknown = sorted(set(kwargs) - accepted)
