@@ -351,3 +351,14 @@ def test_pretrained_vae_is_trained_with_and_saved(base, data, tmp_path):
     assert max_diff(written, load_file(str(vae_dir / "diffusion_pytorch_model.safetensors"))) == 0
     assert max_diff(load_file(str(tmp_path / "plain" / "vae" / "diffusion_pytorch_model.safetensors")),
                     load_file(str(base / "vae" / "diffusion_pytorch_model.safetensors"))) == 0
+
+
+def test_sdxl_refiner_is_refused_before_training(data, tmp_path):
+    from fixtures_sd import build_sdxl_refiner
+
+    from diffblocks.training import TrainingConfigError
+
+    refiner = build_sdxl_refiner(tmp_path)
+    with pytest.raises(TrainingConfigError, match=r"no \['text_encoder', 'tokenizer'\].*refiner"):
+        train(fast_config(refiner, data, tmp_path / "out"))
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
