@@ -81,3 +81,41 @@ def test_flux_workflow_with_flux_guidance_matches_preset(engine):
     with pytest.raises(NodeExecutionError, match="flow-matching") as info:
         engine.execute("f2", prompt, ["9"])
     assert info.value.node_id == "3"
+
+
+def test_flux_separate_files_unet_dualclip_vae_loaders(engine):
+    """ComfyUI's Flux layout: transformer, text encoders (with their tokenizers) and VAE as separate models."""
+    import shutil
+
+    from diffblocks.components.schedulers import FlowMatchEulerDiscreteScheduler
+    from diffblocks.components.single_file.load import shipped_config
+
+    models, flux = engine.paths.models_dir, engine.paths.models_dir / "flux"
+    shutil.copytree(flux / "transformer", models / "diffusion_models" / "flux-transformer")
+    for encoder, tokenizer, name in (("text_encoder", "tokenizer", "clip_l"), ("text_encoder_2", "tokenizer_2", "t5")):
+        shutil.copytree(flux / encoder, models / "text_encoders" / name)
+        shutil.copytree(flux / tokenizer, models / "text_encoders" / name, dirs_exist_ok=True)
+    shutil.copytree(flux / "vae", models / "vae" / "flux-vae")
+    prompt = workflow("flux")
+    del prompt["4"]
+    prompt["4a"] = {"class_type": "UNETLoader", "inputs": {"unet_name": "flux-transformer", "weight_dtype": "default"}}
+    prompt["4b"] = {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "t5", "clip_name2": "clip_l",
+                                                               "type": "flux"}}
+    prompt["4c"] = {"class_type": "VAELoader", "inputs": {"vae_name": "flux-vae"}}
+    prompt["10"] = {"class_type": "FluxGuidance", "inputs": {"conditioning": ["6", 0], "guidance": 2.5}}
+    prompt["3"]["inputs"].update(model=["4a", 0], positive=["10", 0], cfg=1.0, scheduler="simple")
+    prompt["6"]["inputs"]["clip"] = prompt["7"]["inputs"]["clip"] = ["4b", 0]
+    prompt["8"]["inputs"]["vae"] = ["4c", 0]
+    got = execute(engine, prompt)
+    pipe = preset(flux)
+    # UNETLoader gives the transformer FLUX.1-dev's own scheduler config; without its VAE, the sampler assumes the
+    # real Flux VAE's factor 8 (as ComfyUI does): a 32 px latent is a 4x4 grid, which the tiny VAE (factor 2)
+    # decodes to 8x8 pixels, the preset's 8x8 generation with the tiny VAE
+    pipe.update_components(scheduler=FlowMatchEulerDiscreteScheduler.from_config(shipped_config("flux_dev_scheduler")))
+    expected = pipe(prompt=prompt["6"]["inputs"]["text"], generator=torch.Generator().manual_seed(SEED),
+                    num_inference_steps=STEPS, guidance_scale=2.5, height=SIZE // 4, width=SIZE // 4,
+                    output="images")[0]
+    assert got.shape == (SIZE // 4, SIZE // 4, 3)
+    np.testing.assert_array_equal(got, np.asarray(expected))
+    info = engine.registry.node_info("DualCLIPLoader")["input"]["required"]
+    assert info["clip_name1"][0] == ["clip_l", "t5"] and info["type"][0] == ["flux"]

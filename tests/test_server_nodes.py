@@ -45,6 +45,10 @@ COMFY_CORE = {
     "LoraLoader": (["model", "clip", "lora_name", "strength_model", "strength_clip"], ["MODEL", "CLIP"]),
     "FluxGuidance": (["conditioning", "guidance"], ["CONDITIONING"]),
     "ControlNetLoader": (["control_net_name"], ["CONTROL_NET"]),
+    "VAEEncodeForInpaint": (["pixels", "vae", "mask", "grow_mask_by"], ["LATENT"]),
+    "UNETLoader": (["unet_name", "weight_dtype"], ["MODEL"]),
+    "DualCLIPLoader": (["clip_name1", "clip_name2", "type"], ["CLIP"]),
+    "VAELoader": (["vae_name"], ["VAE"]),
     "ControlNetApplyAdvanced": (["positive", "negative", "control_net", "image", "strength", "start_percent",
                                  "end_percent"], ["CONDITIONING", "CONDITIONING"]),
 }

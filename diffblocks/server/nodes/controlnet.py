@@ -35,9 +35,9 @@ class ControlNetLoader(Node):
 
     @classmethod
     def fingerprint(cls, inputs, paths):
-        from .loaders import _stat_fingerprint
+        from .loaders import file_fingerprint
 
-        return _stat_fingerprint(resolve_model_file(paths, "controlnet", inputs["control_net_name"], **_KIND))
+        return file_fingerprint(resolve_model_file(paths, "controlnet", inputs["control_net_name"], **_KIND))
 
     def run(self, ctx, control_net_name):
         from ...components.models import ControlNetModel

@@ -1,27 +1,19 @@
 """The ComfyUI core nodes, implemented on our blocks (same class names, inputs, outputs and semantics).
 
-| node                     | module       |
-|--------------------------|--------------|
-| CheckpointLoaderSimple   | loaders.py   |
-| CLIPSetLastLayer         | loaders.py   |
-| LoraLoader               | loaders.py   |
-| CLIPTextEncode           | sampling.py  |
-| EmptyLatentImage         | sampling.py  |
-| KSampler                 | sampling.py  |
-| KSamplerAdvanced         | sampling.py  |
-| FluxGuidance             | sampling.py  |
-| ControlNetLoader         | controlnet.py|
-| ControlNetApplyAdvanced  | controlnet.py|
-| VAEDecode, VAEEncode     | images.py    |
-| VAEEncodeForInpaint      | images.py    |
-| LoadImage, LoadImageMask | images.py    |
-| SaveImage, PreviewImage  | images.py    |
+| nodes                                                                                        | module          |
+|----------------------------------------------------------------------------------------------|-----------------|
+| CheckpointLoaderSimple, CLIPSetLastLayer, LoraLoader                                         | loaders.py      |
+| CLIPTextEncode, EmptyLatentImage, KSampler, KSamplerAdvanced, FluxGuidance                   | sampling.py     |
+| VAEDecode, VAEEncode, VAEEncodeForInpaint, LoadImage, LoadImageMask, SaveImage, PreviewImage | images.py       |
+| ControlNetLoader, ControlNetApplyAdvanced                                                    | controlnet.py   |
+| UNETLoader, DualCLIPLoader, VAELoader (Flux's separate files)                                | flux_loaders.py |
 """
 
 from __future__ import annotations
 
 from .base import Node
 from .controlnet import ControlNetApplyAdvanced, ControlNetLoader
+from .flux_loaders import DualCLIPLoader, UNETLoader, VAELoader
 from .images import (
     LoadImage,
     LoadImageMask,
@@ -38,6 +30,6 @@ __all__ = ["CORE_NODES"]
 
 CORE_NODES: list[type[Node]] = [
     CheckpointLoaderSimple, CLIPTextEncode, CLIPSetLastLayer, EmptyLatentImage, KSampler, KSamplerAdvanced,
-    VAEDecode, VAEEncode, VAEEncodeForInpaint, LoadImage, LoadImageMask, SaveImage, PreviewImage, LoraLoader, FluxGuidance,
-    ControlNetLoader, ControlNetApplyAdvanced,
+    VAEDecode, VAEEncode, VAEEncodeForInpaint, LoadImage, LoadImageMask, SaveImage, PreviewImage, LoraLoader,
+    FluxGuidance, ControlNetLoader, ControlNetApplyAdvanced, UNETLoader, DualCLIPLoader, VAELoader,
 ]

@@ -79,7 +79,12 @@ class VAEDecode(Node):
         blocks = {"decode": family_module(family).TEXT2IMAGE_BLOCKS["decode"]}
         kwargs: dict[str, Any] = {"latents": samples["samples"], "output_type": "pt"}
         if "height" in ctx.block_inputs(blocks) and samples.get("pixel_size") is not None:
-            kwargs["height"], kwargs["width"] = samples["pixel_size"]
+            height, width = samples["pixel_size"]
+            scale = samples.get("latent_scale")
+            if scale:  # packed latents made for another VAE factor (a MODEL without its VAE assumes 8)
+                factor = vae.scale_factor
+                height, width = height * factor // scale, width * factor // scale
+            kwargs["height"], kwargs["width"] = height, width
         images = ctx.run_blocks(blocks, {"vae": vae.vae}, output="images", **kwargs)
         return (nchw_to_image(images),)
 
@@ -113,7 +118,7 @@ class VAEEncode(Node):
         blocks = {"vae_encoder": family_module(vae.family).IMAGE2IMAGE_BLOCKS["vae_encoder"]}
         state = _encode(ctx, vae, pixels, blocks)
         return ({"samples": state.get("image_latents"), "pixel_size": tuple(pixels.shape[1:3]),
-                 "family": vae.family},)
+                 "family": vae.latent_family},)
 
 
 class VAEEncodeForInpaint(Node):
@@ -143,7 +148,7 @@ class VAEEncodeForInpaint(Node):
         blocks = {"vae_encoder": family_module(vae.family).IMAGE2IMAGE_BLOCKS["vae_encoder"]}
         state = _encode(ctx, vae, grey, blocks)
         return ({"samples": state.get("image_latents"), "noise_mask": mask, "pixel_size": tuple(pixels.shape[1:3]),
-                 "family": vae.family, "inpaint_pixels": pixels[..., :3], "inpaint_vae": vae.vae},)
+                 "family": vae.latent_family, "inpaint_pixels": pixels[..., :3], "inpaint_vae": vae.vae},)
 
 
 class LoadImage(Node):

@@ -18,7 +18,7 @@ from .values import ClipHandle, ModelHandle, VaeHandle
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CLIPSetLastLayer", "CheckpointLoaderSimple", "LoraLoader", "checkpoint_names", "lora_names",
+__all__ = ["CLIPSetLastLayer", "CheckpointLoaderSimple", "LoraLoader", "checkpoint_names", "file_fingerprint", "lora_names",
            "model_files", "resolve_model_file"]
 
 
@@ -66,7 +66,8 @@ def resolve_model_file(paths: ServerPaths | None, kind: str, name: str, **kw: An
     return found[name]
 
 
-def _stat_fingerprint(path: Path) -> list:
+def file_fingerprint(path: Path) -> list:
+    """What identifies a model file or folder's contents cheaply: its path, size and modification times."""
     stat = path.stat()
     if path.is_dir():
         newest = max((p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()), default=stat.st_mtime_ns)
@@ -105,7 +106,7 @@ class CheckpointLoaderSimple(Node):
 
     @classmethod
     def fingerprint(cls, inputs, paths):
-        return _stat_fingerprint(resolve_model_file(paths, "checkpoints", inputs["ckpt_name"]))
+        return file_fingerprint(resolve_model_file(paths, "checkpoints", inputs["ckpt_name"]))
 
     def run(self, ctx, ckpt_name):
         from ...presets.previews import latent_family
@@ -150,7 +151,7 @@ class LoraLoader(Node):
 
     @classmethod
     def fingerprint(cls, inputs, paths):
-        return _stat_fingerprint(resolve_model_file(paths, "loras", inputs["lora_name"], top_level=False,
+        return file_fingerprint(resolve_model_file(paths, "loras", inputs["lora_name"], top_level=False,
                                                     folders=False))
 
     def run(self, ctx, model, clip, lora_name, strength_model, strength_clip):

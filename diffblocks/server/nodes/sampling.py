@@ -201,7 +201,9 @@ def sample(ctx: Any, model: ModelHandle, positive: Conditioning, negative: Condi
     with active_loras(model.pipe, model.loras, [model.denoiser_name]):
         latents = ctx.run_blocks(blocks, components, output="latents", preview=True, preview_size=(height, width),
                                  **kwargs)
-    return {"samples": latents, "pixel_size": (height, width), "family": family}
+    vae = components["vae"]
+    scale = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8  # as the blocks derive it
+    return {"samples": latents, "pixel_size": (height, width), "family": family, "latent_scale": scale}
 
 
 class KSampler(Node):

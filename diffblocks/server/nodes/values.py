@@ -75,6 +75,12 @@ class VaeHandle:
     family: str
     vae: Any
     name: str
+    exact: bool = True  # False: a 4-channel VAE of unknown family (SD 1.x/2.x or SDXL), whose latents fit either
+
+    @property
+    def latent_family(self) -> str | None:
+        """The family tag its latents get (None: usable by SD and SDXL models)."""
+        return self.family if self.exact else None
 
     @property
     def scale_factor(self) -> int:
