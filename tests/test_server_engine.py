@@ -465,3 +465,17 @@ def test_vae_encode_for_inpaint_matches_preset_inpainting(setup):
                     height=SIZE, width=SIZE, image=PIL.Image.open(root / "input" / "photo.png"),
                     mask_image=PIL.Image.open(root / "input" / "mask.png"), strength=1.0, output_type="np", output="images")[0]
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_docs_example_runs(setup, tmp_path, monkeypatch, capsys):
+    """The first example of docs/server.md, as written, in a folder holding models/ (the tiny SD checkpoint)."""
+    import re
+
+    engine = setup[0]
+    text = (Path(__file__).resolve().parents[1] / "docs" / "server.md").read_text()
+    example = re.findall(r"```python\n(.*?)```", text, flags=re.S)[0]
+    (tmp_path / "models").symlink_to(engine.paths.models_dir, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, "docs/server.md", "exec"), {"prompt": default_workflow(seed=7)})
+    printed = capsys.readouterr().out
+    assert "ComfyUI_00001_.png" in printed and (tmp_path / "output" / "ComfyUI_00001_.png").is_file()

@@ -25,21 +25,16 @@ class PipelineCache:
         self._event = interrupt_event
         self._lock = threading.Lock()
 
-    def get(self, blocks: Mapping[str, Any]) -> Any:
-        from ..blocks import ModularPipelineBlocks, SequentialPipelineBlocks
+    def get(self, blocks: Mapping[str, type]) -> Any:
+        from ..blocks import SequentialPipelineBlocks
         from ..runtime.pipeline import ModularPipeline
 
-        key = tuple((name, cls if isinstance(cls, type) else id(cls)) for name, cls in blocks.items())
+        key = tuple(blocks.items())
         with self._lock:
             pipe = self._pipes.get(key)
             if pipe is None:
-                items = list(blocks.items())
-                if len(items) == 1 and isinstance(items[0][1], ModularPipelineBlocks):
-                    block = items[0][1]
-                elif len(items) == 1:
-                    block = items[0][1]()
-                else:
-                    block = SequentialPipelineBlocks.from_blocks_dict(dict(items))
+                (name, cls), *rest = key
+                block = cls() if not rest else SequentialPipelineBlocks.from_blocks_dict(dict(key))
                 pipe = ModularPipeline(block)
                 pipe.set_progress_bar_config(disable=True)
                 pipe.interrupt_event = self._event
@@ -80,17 +75,17 @@ class NodeContext:
         if self.hooks is not None and self.hooks.on_progress is not None:
             self.hooks.on_progress(self.node_id, value, total)
 
-    def pipeline(self, blocks: Mapping[str, Any]) -> Any:
-        """The shared ModularPipeline running `blocks` (name -> block class or instance)."""
+    def pipeline(self, blocks: Mapping[str, type]) -> Any:
+        """The shared ModularPipeline running `blocks` (name -> block class)."""
         return self.engine._pipelines.get(blocks)
 
     def block_inputs(self, blocks: Mapping[str, Any]) -> set[str]:
         """The input names a call of `blocks` accepts."""
         return set(self.pipeline(blocks).default_call_parameters)
 
-    def run_blocks(self, blocks: Mapping[str, Any], components: Mapping[str, Any], output: Any = None,
+    def run_blocks(self, blocks: Mapping[str, type], components: Mapping[str, Any], output: Any = None,
                    preview: bool = False, preview_size: tuple[int, int] | None = None, **kwargs: Any) -> Any:
-        """Run `blocks` (name -> block class or instance) on `components` with `kwargs` as the call inputs.
+        """Run `blocks` (name -> block class) on `components` with `kwargs` as the call inputs.
 
         Loop steps report progress to the hooks; `preview=True` adds a PreviewCallback feeding `on_preview` (the
         blocks must take `callback_on_step_end`); the engine's interrupt stops the call within one step.

@@ -131,7 +131,7 @@ class PromptEngine:
                 hooks.on_cached(cached)
             results: dict[str, tuple] = {}
             ui_outputs: dict[str, dict] = {}
-            executed: list[str] = []
+            executed: list[str] = list(cached)  # ComfyUI's "executed": cached nodes count as done
             for node_id in order:
                 entry = held[node_id]
                 if entry is not None:

@@ -14,7 +14,7 @@ ComfyUI's socket types map to:
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -109,11 +109,6 @@ class Conditioning:
     embeds: dict[str, torch.Tensor]
     guidance: float | None = None
     controls: tuple[ControlHint, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def negative_names(self) -> dict[str, str]:
-        """embedding name -> the name the presets give its negative counterpart."""
-        return {name: f"negative_{name}" for name in self.embeds}
 
 
 def tensor_bytes(value: Any, seen: set[int] | None = None) -> int:
