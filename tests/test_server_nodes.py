@@ -228,3 +228,37 @@ def test_block_nodes_run_the_preset(models, tmp_path):
 def _output_index(engine, name: str) -> int:
     info = engine.registry.node_info("diffblocks/sd/StableDiffusionAutoBlocks")
     return info["output_name"].index(name) - 1
+
+
+def test_block_nodes_chained_through_state(models, tmp_path):
+    """The SD text-to-image preset step by step, one block node per step linked by `state`, gives the preset's
+    image (the tiny checkpoint's PNDM scheduler is deterministic: the seed only draws the initial noise)."""
+    import PIL.Image
+
+    root, folder = models
+    engine = PromptEngine(models_dir=root / "models", input_dir=tmp_path / "in", output_dir=tmp_path / "out")
+    steps = ["StableDiffusionTextEncoderStep", "StableDiffusionInputStep", "SetTimestepsStep", "PrepareLatentsStep",
+             "DenoiseStep", "DecodeStep"]
+    widgets = {"StableDiffusionTextEncoderStep": {"prompt": "a red cat", "negative_prompt": "blurry"},
+               "SetTimestepsStep": {"num_inference_steps": 2},
+               "PrepareLatentsStep": {"height": 32, "width": 32, "generator": 9}}
+    prompt = {"p": {"class_type": "diffblocks/LoadPipeline", "inputs": {"ckpt_name": "sd15"}}}
+    previous = None
+    for i, name in enumerate(steps):
+        inputs = {"pipeline": ["p", 0], **widgets.get(name, {})}
+        if previous is not None:
+            inputs["state"] = [previous, 0]
+        prompt[str(i)] = {"class_type": f"diffblocks/sd/{name}", "inputs": inputs}
+        previous = str(i)
+    images = engine.registry.node_info("diffblocks/sd/DecodeStep")["output_name"].index("images")
+    prompt["save"] = {"class_type": "SaveImage", "inputs": {"images": [previous, images], "filename_prefix": "x"}}
+    result = engine.validate(prompt)
+    assert result.ok, result.node_errors
+    entry = engine.execute("chain", prompt, result.outputs)["save"]["images"][0]
+    got = np.asarray(PIL.Image.open(tmp_path / "out" / entry["filename"]))
+    pipe = ModularPipeline.from_pretrained(str(folder))
+    pipe.load_components()
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(prompt="a red cat", negative_prompt="blurry", num_inference_steps=2, height=32, width=32,
+                    generator=torch.Generator().manual_seed(9), output="images")[0]
+    np.testing.assert_array_equal(got, np.asarray(expected))
