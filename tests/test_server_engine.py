@@ -479,3 +479,25 @@ def test_docs_example_runs(setup, tmp_path, monkeypatch, capsys):
     exec(compile(example, "docs/server.md", "exec"), {"prompt": default_workflow(seed=7)})
     printed = capsys.readouterr().out
     assert "ComfyUI_00001_.png" in printed and (tmp_path / "output" / "ComfyUI_00001_.png").is_file()
+
+
+def test_latent_batch_gives_one_file_per_image(setup):
+    engine, folder, root = setup
+    seed = 111
+    prompt = default_workflow(seed=seed)
+    prompt["5"]["inputs"]["batch_size"] = 2
+    ui, _ = run(engine, prompt)
+    entries = ui["9"]["images"]
+    assert len(entries) == 2 and entries[0]["filename"] != entries[1]["filename"]
+    pipe = ModularPipeline.from_pretrained(str(folder))
+    pipe.load_components()
+    pipe.set_progress_bar_config(disable=True)
+    pipe.update_components(scheduler=EulerDiscreteScheduler.from_config(pipe.scheduler.config,
+                                                                        timestep_spacing="linspace"))
+    wf = default_workflow(seed=seed)
+    expected = pipe(prompt=wf["6"]["inputs"]["text"], negative_prompt=wf["7"]["inputs"]["text"],
+                    generator=torch.Generator().manual_seed(seed), num_inference_steps=STEPS, guidance_scale=8.0,
+                    height=SIZE, width=SIZE, num_images_per_prompt=2, output="images")
+    for entry, image in zip(entries, expected):
+        np.testing.assert_array_equal(np.asarray(PIL.Image.open(root / "output" / entry["filename"])),
+                                      np.asarray(image))
