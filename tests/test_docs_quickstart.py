@@ -44,8 +44,25 @@ def run_examples(blocks: list[str], folders: dict, cwd: Path, monkeypatch) -> di
     return namespace
 
 
+def test_demo_model_examples_run_unchanged(tmp_path, monkeypatch):
+    """README and quickstart examples on the bundled demo model run exactly as written (offline) and draw
+    what they ask for."""
+    from PIL import Image
+
+    from diffblocks.demo_data import classify_image
+
+    blocks = [b for doc in ("README.md", "docs/quickstart.md") for b in code_blocks(doc) if "demo_model_path" in b]
+    assert len(blocks) == 2
+    monkeypatch.chdir(tmp_path)
+    for code in blocks:
+        exec(compile(code, "<doc example>", "exec"), {})  # noqa: S102 (our own documentation)
+    got = classify_image(Image.open(tmp_path / "triangle.png"))
+    assert (got.color, got.background) == ("yellow", "blue"), got
+    assert (tmp_path / "circles.png").exists()
+
+
 def test_readme_model_example_runs_on_cpu(folders, tmp_path, monkeypatch):
-    blocks = [b for b in code_blocks("README.md") if "from_pretrained" in b]
+    blocks = [b for b in code_blocks("README.md") if "from_pretrained" in b and "demo_model_path" not in b]
     assert len(blocks) == 1
     ns = run_examples(blocks, folders, tmp_path, monkeypatch)
     assert ns["device"] == "cpu" or ns["device"] == "cuda"
@@ -53,7 +70,7 @@ def test_readme_model_example_runs_on_cpu(folders, tmp_path, monkeypatch):
 
 
 def test_quickstart_examples_run_on_cpu_and_define_every_variable(folders, tmp_path, monkeypatch):
-    blocks = code_blocks("docs/quickstart.md")
+    blocks = [b for b in code_blocks("docs/quickstart.md") if "demo_model_path" not in b]
     assert any("control_image=edges" in b for b in blocks) and any("FLUX" in b for b in blocks)
     ns = run_examples(blocks, folders, tmp_path, monkeypatch)
     assert (tmp_path / "astronaut.png").exists() and (tmp_path / "flux.png").exists()
