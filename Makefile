@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo demo-model lint bench clean
+.PHONY: test demo demo-model lint bench clean browser-deps
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -15,8 +15,14 @@ $(STAMP): $(PY) pyproject.toml
 	$(PIP) install -q -e ".[test]"
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) browser-deps
 	$(PY) -m pytest -q -n 2 --dist loadfile
+
+# Headless Chromium for tests/test_server_browser.py (Debian's packages); without apt or root the test is skipped.
+browser-deps:
+	-@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (command -v apt-get >/dev/null && apt-get update -q && apt-get install -y -q chromium chromium-driver) || \
+	  echo "browser-deps: chromium not installed; the browser test will be skipped"
 
 demo: $(STAMP)
 	$(VENV)/bin/diffblocks demo

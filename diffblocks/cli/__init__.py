@@ -10,14 +10,14 @@ import argparse
 import logging
 import sys
 
-from . import convert, demo, generate, info, inspect, train
+from . import convert, demo, generate, info, inspect, serve, train
 from . import run as run_workflow
 from .blocks_arg import NAMED_BLOCKS, resolve_blocks
 
 __all__ = ["COMMANDS", "NAMED_BLOCKS", "build_parser", "main", "resolve_blocks"]
 
 # subcommand modules, in the order `diffblocks --help` lists them
-COMMANDS = [inspect, demo, generate, train, convert, info, run_workflow]
+COMMANDS = [inspect, demo, generate, train, convert, info, run_workflow, serve]
 
 
 def _version() -> str:
