@@ -134,10 +134,19 @@ def test_frontend_runs_the_default_workflow(server, browser):
     found = _search(browser, info[block]["display_name"])
     assert any(info[block]["display_name"] in item for item in found), (block, found)
 
-    # the default workflow, ckpt_name set to the tiny model, queued from the UI (Ctrl+Enter = Queue Prompt)
+    # the default workflow queued from the UI's Run button: ckpt_name set to the tiny model, and 64 px / 4 steps
+    # so it runs in seconds on a CPU
     browser.execute_script(f"""
-        const ckpt = {APP}.graph.nodes.find(n => n.type === 'CheckpointLoaderSimple');
-        ckpt.widgets.find(w => w.name === 'ckpt_name').value = 'sd15';
+        const set = (type, name, value) => {{
+            const w = {APP}.graph.nodes.find(n => n.type === type).widgets.find(w => w.name === name);
+            w.value = value;
+            if (w.callback) w.callback(value);
+        }};
+        set('CheckpointLoaderSimple', 'ckpt_name', 'sd15');
+        set('EmptyLatentImage', 'width', 64);
+        set('EmptyLatentImage', 'height', 64);
+        set('KSampler', 'steps', 4);
+        {APP}.refreshMissingModels({{silent: true}});  // the model it named is there now: clears the warning
         {APP}.graph.setDirtyCanvas(true, true);""")
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -155,6 +164,7 @@ def test_frontend_runs_the_default_workflow(server, browser):
     (entry,) = history.values()
     assert entry["status"]["status_str"] == "success"
     assert entry["prompt"][2]["4"]["inputs"]["ckpt_name"] == "sd15"
+    assert entry["prompt"][2]["3"]["inputs"]["steps"] == 4
     assert "workflow" in entry["prompt"][3].get("extra_pnginfo", {})  # the UI sent its workflow along
 
     time.sleep(1.0)
