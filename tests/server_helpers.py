@@ -45,6 +45,7 @@ class ServerProcess:
     def __init__(self, root: Path, models: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.models = models
         self.output, self.input, self.user = root / "output", root / "input", root / "user"
         self.log_path = root / "server.log"
         env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

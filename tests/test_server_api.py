@@ -207,3 +207,21 @@ def test_third_party_client_queues_and_fetches_the_image(server):
     assert name.startswith("ComfyUI") and name.endswith(".png")
     assert Image.open(io.BytesIO(data)).size == (64, 64)
     assert api.get_system_stats()["devices"] and "KSampler" in api.get_object_info("KSampler")
+
+
+def test_server_and_diffblocks_run_give_the_same_image(server, ws, tmp_path):
+    """Parity: one workflow through the server and through `diffblocks run` (the same engine without a server;
+    tests/test_server_engine.py holds the engine to the Python preset) gives the same pixels."""
+    import numpy as np
+
+    from diffblocks.cli import main
+
+    prompt = workflow(seed=77, steps=3)
+    pid = _queue(server, ws, prompt)
+    ws.until_done(pid, timeout=120)
+    served = np.asarray(_image_of(server, pid))
+    path = tmp_path / "workflow_api.json"
+    path.write_text(json.dumps(prompt))
+    assert main(["run", str(path), "--models", str(server.models), "--output", str(tmp_path / "out")]) == 0
+    (png,) = (tmp_path / "out").glob("*.png")
+    assert np.array_equal(served, np.asarray(Image.open(png)))

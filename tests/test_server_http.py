@@ -358,3 +358,26 @@ def test_feature_flags_answered_on_the_socket(server, socket_):
     socket_.ws.send('{"type": "feature_flags", "data": {"supports_preview_metadata": true}}')
     kind, data = socket_.until(lambda m: isinstance(m, tuple) and m[0] == "feature_flags")[-1]
     assert data["supports_preview_metadata"] is False
+
+
+def test_logs_for_the_console_panel(server, socket_):
+    import logging
+
+    logging.getLogger("diffblocks.test_server_http").warning("a line for the console panel")
+    assert "a line for the console panel" in requests.get(f"{server.url}/internal/logs").text
+    raw = requests.get(f"{server.url}/internal/logs/raw").json()
+    assert raw["entries"][-1]["m"].endswith("a line for the console panel\n") and raw["size"]["cols"] > 0
+    r = requests.patch(f"{server.url}/internal/logs/subscribe", json={"clientId": socket_.client_id, "enabled": True})
+    assert r.status_code == 200
+    logging.getLogger("diffblocks.test_server_http").warning("a live line")
+    kind, data = socket_.until(lambda m: isinstance(m, tuple) and m[0] == "logs")[-1]
+    assert data["entries"][0]["m"].endswith("a live line\n")
+    requests.patch(f"{server.url}/internal/logs/subscribe", json={"clientId": socket_.client_id, "enabled": False})
+
+
+def test_serve_refuses_a_missing_models_folder(tmp_path, capsys):
+    from diffblocks.cli import main
+
+    assert main(["serve", "--models", str(tmp_path / "nope"), "--port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "--models" in err and "nope" in err and "no such folder" in err

@@ -24,6 +24,7 @@ from aiohttp import web
 from .api import ApiRoutes
 from .files import FileRoutes
 from .frontend import add_frontend_routes, find_frontend
+from .logs import LogBuffer
 from .queue import PromptQueue
 from .userdata import UserData
 from .worker import PromptWorker
@@ -114,6 +115,7 @@ def create_app(engine: Any, *, models_dir: str | Path, input_dir: str | Path, ou
     worker = PromptWorker(engine, queue, hub, preview_method=preview_method)
     api = ApiRoutes(engine, queue, worker, web_root=root, features=features, models_dir=Path(models_dir))
     files = FileRoutes(folders)
+    logs = LogBuffer(hub.send_threadsafe)
     user = UserData(Path(user_dir))
 
     routes = web.RouteTableDef()
@@ -129,14 +131,17 @@ def create_app(engine: Any, *, models_dir: str | Path, input_dir: str | Path, ou
     app.router.add_routes([web.route(r.method, "/api" + r.path, r.handler) for r in routes])
     app.router.add_routes(routes)
     app.router.add_get("/internal/folder_paths", api.folder_paths)
+    logs.add_routes(app)
     add_frontend_routes(app, root)
 
     async def start(app: web.Application) -> None:
         await hub.start()
+        logging.getLogger().addHandler(logs)
         worker.start()
 
     async def stop(app: web.Application) -> None:
         await asyncio.get_running_loop().run_in_executor(None, worker.stop)
+        logging.getLogger().removeHandler(logs)
         await hub.stop()
 
     app.on_startup.append(start)
