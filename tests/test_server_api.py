@@ -93,6 +93,7 @@ def test_default_workflow_png_then_seed_change_reuses_text_encodes(server, ws):
     first = _queue(server, ws, workflow())
     got = ws.until_done(first, timeout=120)
     assert events(got, "execution_success")
+    assert not [m for m in got if isinstance(m, bytes)], "live previews with the server's default 'none'"
     steps = [e["value"] for e in events(got, "progress") if e["node"] == "3"]
     assert steps == [1, 2, 3, 4] and all(e["max"] == 4 for e in events(got, "progress") if e["node"] == "3")
     executed = {e["node"]: e["output"] for e in events(got, "executed")}
@@ -225,3 +226,18 @@ def test_server_and_diffblocks_run_give_the_same_image(server, ws, tmp_path):
     assert main(["run", str(path), "--models", str(server.models), "--output", str(tmp_path / "out")]) == 0
     (png,) = (tmp_path / "out").glob("*.png")
     assert np.array_equal(served, np.asarray(Image.open(png)))
+
+
+def test_live_previews_when_a_prompt_asks(server, ws):
+    """The frontend's "Live preview method" setting sends extra_data.preview_method; previews then arrive as
+    ComfyUI's binary frames: >I event 1 (PREVIEW_IMAGE), >I image type 2 (PNG), the PNG."""
+    import struct
+
+    r = requests.post(f"{server.url}/prompt", json={"prompt": workflow(seed=9, steps=3), "client_id": ws.client_id,
+                                                     "extra_data": {"preview_method": "auto"}})
+    got = ws.until_done(r.json()["prompt_id"], timeout=120)
+    frames = [m for m in got if isinstance(m, bytes)]
+    assert frames, "no preview frames"
+    assert all(struct.unpack(">II", frame[:8]) == (1, 2) for frame in frames)
+    preview = Image.open(io.BytesIO(frames[-1][8:]))
+    assert preview.format == "PNG" and preview.size[0] > 0

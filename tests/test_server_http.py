@@ -70,10 +70,10 @@ class StandInEngine:
         result = {}
         for nid in sorted(prompt):
             node = prompt[nid]
-            if nid in cached:
+            kind = node["class_type"]
+            if nid in cached or (kind in ("Save", "Fail", "Slow") and nid not in outputs):
                 continue
             hooks.on_executing(nid)
-            kind = node["class_type"]
             if kind == "Const":
                 self._seen[nid] = node["inputs"]
             elif kind == "Slow":
@@ -381,3 +381,15 @@ def test_serve_refuses_a_missing_models_folder(tmp_path, capsys):
     assert main(["serve", "--models", str(tmp_path / "nope"), "--port", "0"]) == 1
     err = capsys.readouterr().err
     assert "--models" in err and "nope" in err and "no such folder" in err
+
+
+def test_partial_execution_targets_run_only_those_outputs(server, socket_):
+    prompt = {"1": {"class_type": "Save", "inputs": {"prefix": "one"}},
+              "2": {"class_type": "Save", "inputs": {"prefix": "two"}}}
+    pid = _ok(server.url, prompt, socket_, partial_execution_targets=["2"])
+    got = socket_.until_done(pid)
+    assert [e["node"] for e in events(got, "executed")] == ["2"]
+    assert requests.get(f"{server.url}/queue").json()["queue_pending"] == []
+    r = queue_prompt(server.url, {**prompt, "3": {"class_type": "Const", "inputs": {}}}, socket_.client_id,
+                     partial_execution_targets=["3"])
+    assert r.status_code == 400 and r.json()["error"]["type"] == "prompt_no_outputs"

@@ -138,6 +138,16 @@ class ApiRoutes:
         if not result.ok:
             logger.warning("invalid prompt: %s", (result.error or {}).get("message"))
             return web.json_response({"error": result.error, "node_errors": result.node_errors}, status=400)
+        outputs = list(result.outputs)
+        targets = body.get("partial_execution_targets")
+        if targets:  # the frontend's "queue selected output nodes": only those outputs run
+            wanted = {str(t) for t in targets}
+            outputs = [o for o in outputs if str(o) in wanted]
+            if not outputs:
+                error = {"type": "prompt_no_outputs", "message": "Prompt has no outputs",
+                         "details": f"none of partial_execution_targets {sorted(wanted)} is an output node",
+                         "extra_info": {}}
+                return web.json_response({"error": error, "node_errors": {}}, status=400)
         extra_data = dict(body.get("extra_data") or {})
         if "client_id" in body:
             extra_data["client_id"] = body["client_id"]
@@ -145,7 +155,7 @@ class ApiRoutes:
             extra_data.pop(key, None)
         extra_data["create_time"] = int(time.time() * 1000)
         prompt_id = str(body.get("prompt_id") or uuid.uuid4())
-        self.queue.put((number, prompt_id, prompt, extra_data, list(result.outputs)))
+        self.queue.put((number, prompt_id, prompt, extra_data, outputs))
         return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": result.node_errors})
 
     async def get_prompt(self, request: web.Request) -> web.Response:
