@@ -103,8 +103,9 @@ def _click_canvas(driver, double: bool = False) -> None:
     actions.perform()
 
 
-def _search(driver, text: str) -> list[str]:
-    """Open the node search box (double-click on empty canvas), type, return the result items' text."""
+def _search(driver, text: str, expect: str) -> list[str]:
+    """Open the node search box (double-click on empty canvas), type `text`, return the result items' text once
+    one contains `expect` (or after 20 s)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -113,8 +114,12 @@ def _search(driver, text: str) -> list[str]:
           "the search box")
     field = driver.switch_to.active_element
     field.send_keys(text)
-    time.sleep(1.0)  # the search debounces its input
-    items = [el.text for el in driver.find_elements(By.CSS_SELECTOR, '[data-testid="result-item"]')]
+    deadline = time.monotonic() + 20
+    while True:  # the search debounces its input
+        items = [el.text for el in driver.find_elements(By.CSS_SELECTOR, '[data-testid="result-item"]')]
+        if any(expect in item for item in items) or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
     field.send_keys(Keys.ESCAPE)
     time.sleep(0.3)
     return items
@@ -127,12 +132,12 @@ def test_frontend_runs_the_default_workflow(server, browser):
     assert count == 7 and "KSampler" in types and "CheckpointLoaderSimple" in types, types
 
     # node search over /object_info: a core node and a diffblocks block node
-    found = _search(browser, "KSampler")
+    found = _search(browser, "KSampler", "KSampler")
     assert any("KSampler" in item for item in found), found
     info = requests.get(f"{server.url}/object_info").json()
     block = next(name for name, spec in info.items() if spec["category"].startswith("diffblocks/"))
-    found = _search(browser, info[block]["display_name"])
-    assert any(info[block]["display_name"] in item for item in found), (block, found)
+    found = _search(browser, info[block]["display_name"], "diffblocks")
+    assert any(info[block]["display_name"] in item and "diffblocks" in item for item in found), (block, found)
 
     # the default workflow queued from the UI's Run button: ckpt_name set to the tiny model, and 64 px / 4 steps
     # so it runs in seconds on a CPU
