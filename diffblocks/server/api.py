@@ -9,7 +9,6 @@ embeddings in prompt text), `/i18n` and `/workflow_templates` (no custom-node tr
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import platform
@@ -22,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .bodies import bad_request, json_object
 from .jobs import JOB_STATUSES, job_from_history, job_from_queue, list_jobs
 from .queue import PromptQueue
 from .worker import PromptWorker
@@ -34,17 +34,11 @@ __all__ = ["ApiRoutes", "SENSITIVE_EXTRA_DATA_KEYS"]
 SENSITIVE_EXTRA_DATA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
 
 
-async def _json_body(request: web.Request, default: Any = None) -> Any:
-    """The request's JSON body (`default` when empty); a body that is not JSON is a 400."""
-    text = await request.text()
-    if not text.strip():
-        return default
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise web.HTTPBadRequest(text=json.dumps({"error": {"type": "invalid_json", "message": f"the request "
-                                 f"body is not JSON: {exc}", "details": "", "extra_info": {}}, "node_errors": {}}),
-                                 content_type="application/json") from exc
+def _id_list(body: dict, key: str) -> list:
+    ids = body.get(key) or []
+    if not isinstance(ids, list):
+        raise bad_request("invalid_json", f"{key!r} must be a list of ids, got {type(ids).__name__}")
+    return ids
 
 
 def _int_query(request: web.Request, name: str, default: int | None) -> int | None:
@@ -117,15 +111,18 @@ class ApiRoutes:
 
     # -- prompts ------------------------------------------------------------------------------------------
     async def post_prompt(self, request: web.Request) -> web.Response:
-        body = await _json_body(request, {})
-        if not isinstance(body, dict) or "prompt" not in body:
+        body = await json_object(request)
+        if "prompt" not in body:
             error = {"type": "no_prompt", "message": "No prompt provided",
                      "details": "the body must be a JSON object with a 'prompt' (an API-format workflow)",
                      "extra_info": {}}
             return web.json_response({"error": error, "node_errors": {}}, status=400)
         prompt = body["prompt"]
         if "number" in body:
-            number = float(body["number"])
+            try:
+                number = float(body["number"])
+            except (TypeError, ValueError) as exc:
+                raise bad_request("invalid_prompt", f"'number' must be a number, got {body['number']!r}") from exc
         else:
             number = -self._number if body.get("front") else self._number
             self._number += 1
@@ -166,16 +163,15 @@ class ApiRoutes:
         return web.json_response({"queue_running": running, "queue_pending": pending})
 
     async def post_queue(self, request: web.Request) -> web.Response:
-        body = await _json_body(request, {}) or {}
+        body = await json_object(request)
         if body.get("clear"):
             self.queue.wipe_queue()
-        for prompt_id in body.get("delete", []) or []:
+        for prompt_id in _id_list(body, "delete"):
             self.queue.delete_pending(str(prompt_id))
         return web.Response(status=200)
 
     async def post_interrupt(self, request: web.Request) -> web.Response:
-        body = await _json_body(request, {}) or {}
-        prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
+        prompt_id = (await json_object(request)).get("prompt_id")
         self.worker.interrupt(prompt_id)
         return web.Response(status=200)
 
@@ -189,10 +185,10 @@ class ApiRoutes:
         return web.json_response(self.queue.history(prompt_id=request.match_info["prompt_id"]))
 
     async def post_history(self, request: web.Request) -> web.Response:
-        body = await _json_body(request, {}) or {}
+        body = await json_object(request)
         if body.get("clear"):
             self.queue.wipe_history()
-        for prompt_id in body.get("delete", []) or []:
+        for prompt_id in _id_list(body, "delete"):
             self.queue.delete_history(str(prompt_id))
         return web.Response(status=200)
 
@@ -233,8 +229,8 @@ class ApiRoutes:
         return web.Response(status=200)
 
     async def cancel_jobs(self, request: web.Request) -> web.Response:
-        body = await _json_body(request, {}) or {}
-        for job_id in body.get("job_ids", []) or []:
+        body = await json_object(request)
+        for job_id in _id_list(body, "job_ids"):
             self._cancel(str(job_id))
         return web.Response(status=200)
 

@@ -17,6 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
+from .bodies import json_object
+
 __all__ = ["LogBuffer"]
 
 
@@ -57,8 +59,8 @@ class LogBuffer(logging.Handler):
         return web.json_response({"entries": list(self.entries), "size": self.size()})
 
     async def subscribe(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        client = body.get("clientId") if isinstance(body, dict) else None
+        body = await json_object(request)
+        client = body.get("clientId")
         if not client:
             return web.Response(status=400, text="expected {'clientId': ..., 'enabled': true|false}")
         if body.get("enabled"):

@@ -21,6 +21,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from .bodies import json_body, json_object
 from .files import inside
 
 logger = logging.getLogger(__name__)
@@ -67,9 +68,7 @@ class UserData:
         return web.json_response(self._read_settings().get(request.match_info["id"]))
 
     async def post_settings(self, request: web.Request) -> web.Response:
-        new = await request.json()
-        if not isinstance(new, dict):
-            return web.Response(status=400, text="expected a JSON object of settings")
+        new = await json_object(request)
         with self._settings_lock:
             settings = self._read_settings()
             settings.update(new)
@@ -77,7 +76,7 @@ class UserData:
         return web.Response(status=200)
 
     async def post_setting(self, request: web.Request) -> web.Response:
-        value = await request.json()
+        value = await json_body(request)
         with self._settings_lock:
             settings = self._read_settings()
             settings[request.match_info["id"]] = value
