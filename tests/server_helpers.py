@@ -42,7 +42,7 @@ def wait_until_up(url: str, timeout: float = 60.0, proc: subprocess.Popen | None
 class ServerProcess:
     """`python -m diffblocks serve ...` on a free loopback port, its log in `log_path`."""
 
-    def __init__(self, root: Path, models: Path, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, root: Path, models: Path, extra_args: tuple[str, ...] = (), wait: bool = True) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.models = models
@@ -54,6 +54,11 @@ class ServerProcess:
                "--temp", str(root / "temp"), *extra_args]
         self._log = open(self.log_path, "w")  # noqa: SIM115 (closed in close())
         self.proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        if wait:
+            self.wait()
+
+    def wait(self) -> None:
+        """Until the server answers (start it with wait=False to build fixtures meanwhile)."""
         try:
             wait_until_up(self.url, proc=self.proc)
         except Exception:

@@ -41,8 +41,9 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     models = root / "models"
     models.mkdir()
+    running = ServerProcess(root, models, wait=False)  # starts while the tiny model is written
     build_sd15(models)
-    running = ServerProcess(root, models)
+    running.wait()
     yield running
     running.close()
 
@@ -87,6 +88,9 @@ def test_object_info_lists_core_and_block_nodes(server):
     assert requests.get(f"{server.url}/api/object_info/KSampler").json() == {"KSampler": info["KSampler"]}
     assert requests.get(f"{server.url}/api/models/checkpoints").json() == \
         info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
+    assert "checkpoints" in requests.get(f"{server.url}/api/models").json()
+    paths = requests.get(f"{server.url}/internal/folder_paths").json()
+    assert str(Path(server.models).resolve()) in paths["checkpoints"]
 
 
 def test_default_workflow_png_then_seed_change_reuses_text_encodes(server, ws):

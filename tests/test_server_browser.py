@@ -36,8 +36,9 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
     models = root / "models"
     models.mkdir()
+    running = ServerProcess(root, models, wait=False)  # starts while the tiny model is written
     build_sd15(models)
-    running = ServerProcess(root, models)
+    running.wait()
     # a returning user: the frontend opens its default workflow instead of the first-run template browser
     requests.post(f"{running.url}/settings", json={"Comfy.TutorialCompleted": True}).raise_for_status()
     yield running

@@ -258,7 +258,8 @@ def test_bad_requests_are_answered_and_the_server_lives(server):
     assert requests.get(f"{url}/history", params={"max_items": "x"}).status_code == 400
     assert requests.get(f"{url}/api/jobs", params={"status": "weird"}).status_code == 400
     for route, body in [("/queue", [1]), ("/history", {"delete": "abc"}), ("/settings", [1]),
-                        ("/api/jobs/cancel", {"job_ids": 3}), ("/interrupt", "nope"), ("/prompt", {"prompt": {}, "number": "x"})]:
+                        ("/api/jobs/cancel", {"job_ids": 3}), ("/interrupt", "nope"), ("/prompt", {"prompt": {}, "number": "x"}),
+                        ("/prompt", {"prompt": {}, "extra_data": [1]})]:
         r = requests.post(url + route, json=body)
         assert r.status_code == 400 and r.json()["error"]["type"] in ("invalid_json", "invalid_prompt"), route
     assert requests.get(f"{url}/system_stats").json()["devices"]

@@ -145,7 +145,10 @@ class ApiRoutes:
                          "details": f"none of partial_execution_targets {sorted(wanted)} is an output node",
                          "extra_info": {}}
                 return web.json_response({"error": error, "node_errors": {}}, status=400)
-        extra_data = dict(body.get("extra_data") or {})
+        extra_data = body.get("extra_data") or {}
+        if not isinstance(extra_data, dict):
+            raise bad_request("invalid_prompt", f"'extra_data' must be an object, got {type(extra_data).__name__}")
+        extra_data = dict(extra_data)
         if "client_id" in body:
             extra_data["client_id"] = body["client_id"]
         for key in SENSITIVE_EXTRA_DATA_KEYS:
@@ -317,8 +320,8 @@ class ApiRoutes:
         """`/internal/folder_paths`: where each kind of model is looked for (ComfyUI's layout under --models:
         `<models>/<folder>`, and checkpoints also at the top of `<models>`)."""
         root = self.models_dir.resolve()
-        out = {folder: [str(root / folder)] for folder in MODEL_FOLDER_INPUTS}
-        out["checkpoints"].append(str(root))
+        folders = await self._off_loop(self._model_folders)
+        out = {folder: [str(root / folder)] + ([str(root)] if folder == "checkpoints" else []) for folder in folders}
         return web.json_response(out)
 
     def add_routes(self, routes: web.RouteTableDef) -> None:

@@ -138,6 +138,10 @@ def create_app(engine: Any, *, models_dir: str | Path, input_dir: str | Path, ou
         await hub.start()
         logging.getLogger().addHandler(logs)
         worker.start()
+        # build the node list now (it imports every preset): the frontend's first /object_info is then quick
+        warm = asyncio.get_running_loop().run_in_executor(None, engine.registry.object_info)
+        warm.add_done_callback(lambda f: f.exception() and logger.warning("listing the nodes failed: %s",
+                                                                          f.exception()))
 
     async def stop(app: web.Application) -> None:
         await asyncio.get_running_loop().run_in_executor(None, worker.stop)
