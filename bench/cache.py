@@ -1,11 +1,13 @@
 """Block output cache: re-running a pipeline with only a new seed, cached vs uncached, side by side.
 
-For SD-tiny and SDXL-tiny (tests/fixtures_sd.py folders, seeded random weights) two pipelines are loaded from the
-same folder, one with `enable_block_cache()`; each round calls both (order alternating) with a fresh seed, so
-the cached one reuses the text encoding and everything else runs. Before timing, both must return identical
-images for the same seed. One thread, garbage collector paused while timing; median and spread (min-max) of
-the per-call seconds. The text-encoding share is the text_encoder block's time over the whole call, measured
-on the uncached pipeline through a progress handler.
+For SD-tiny and SDXL-tiny (tests/fixtures_sd.py folders, seeded random weights), SD-tiny with a CLIP-L-sized
+text encoder, and image-to-image on SD-tiny, two pipelines are loaded from the same folder, one with
+`enable_block_cache()`; each round calls both (order alternating) with a fresh seed, so the cached one reuses
+the text encoding (and, for image-to-image, the init image's VAE encode) and everything else runs. Before timing,
+both must return identical images for the same seed. One thread, garbage collector paused while timing; median
+and spread (min-max) of the per-call seconds. The cached share is the time the uncached call spends in the blocks
+the cached call takes from the cache (measured through progress handlers, by block path); the speedup is bounded
+by 1 / (1 - share).
 
     python bench/cache.py [--quick] [--steps 20] [--update-results]
 
@@ -59,16 +61,19 @@ def _sd_with_clip_l(root: Path) -> Path:
 
 def run(steps: int, rounds: int) -> list[dict]:
     import torch
-    from fixtures_sd import build_sd15, build_sdxl
+    from fixtures_sd import build_sd15, build_sdxl, test_image
 
     from diffblocks import ModularPipeline
 
     torch.set_num_threads(1)
+    img2img = {"image": test_image(64), "strength": 0.6, "height": 64, "width": 64}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, build in (("SD-tiny", build_sd15), ("SDXL-tiny", build_sdxl),
-                            ("SD-tiny, CLIP-L-sized text encoder", _sd_with_clip_l)):
-            folder = build(Path(tmp))
+        for name, build, extra in (("SD-tiny", build_sd15, {}), ("SDXL-tiny", build_sdxl, {}),
+                                   ("SD-tiny, CLIP-L-sized text encoder", _sd_with_clip_l, {}),
+                                   ("SD-tiny img2img (strength 0.6, 64 px)", build_sd15, img2img),
+                                   ("SD-tiny img2img, CLIP-L-sized text encoder", _sd_with_clip_l, img2img)):
+            folder = build(Path(tmp) / name.replace(" ", "_").replace(",", ""))
             pipes = {}
             for kind in ("uncached", "cached"):
                 pipe = ModularPipeline.from_pretrained(str(folder))
@@ -77,15 +82,21 @@ def run(steps: int, rounds: int) -> list[dict]:
                 pipes[kind] = pipe
             pipes["cached"].enable_block_cache()
             share: list[float] = []
-            blocks: dict[str, float] = {}
+            seconds: dict[str, float] = {}  # block path -> seconds, uncached pipeline's last call
+            hit: set[str] = set()  # block paths the cached pipeline took from the cache
 
-            def record(event, blocks=blocks):
+            def record(event, seconds=seconds):
                 if event.kind == "block_end":
-                    blocks[event.path.rsplit(".", 1)[-1]] = event.seconds
+                    seconds[event.path] = event.seconds
+
+            def hits(event, hit=hit):
+                if event.kind == "block_end" and event.cached:
+                    hit.add(event.path)
 
             pipes["uncached"].add_progress_handler(record)
+            pipes["cached"].add_progress_handler(hits)
             kwargs = {"prompt": "a red cat on a blue background", "negative_prompt": "ugly, blurry",
-                      "num_inference_steps": steps, "output": "images", "output_type": "np"}
+                      "num_inference_steps": steps, "output": "images", "output_type": "np", **extra}
 
             def call(kind: str, seed: int, pipes=pipes, kwargs=kwargs):
                 return pipes[kind](**kwargs, generator=torch.Generator().manual_seed(seed))
@@ -99,11 +110,16 @@ def run(steps: int, rounds: int) -> list[dict]:
                 for r in range(rounds):
                     order = ["uncached", "cached"] if r % 2 == 0 else ["cached", "uncached"]
                     for kind in order:
+                        if kind == "cached":
+                            hit.clear()
                         start = time.perf_counter()
-                        call(kind, r + 1)
+                        image = call(kind, r + 1)
                         samples[kind].append(time.perf_counter() - start)
-                        if kind == "uncached":
-                            share.append(blocks["text_encoder"] / blocks[type(pipes[kind].blocks).__name__])
+                        if r == 0:  # the same seed: the same image from both
+                            reference = call("uncached" if kind == "cached" else "cached", r + 1)
+                            assert (image == reference).all(), "cached and uncached images differ"
+                    total = seconds[type(pipes["uncached"].blocks).__name__]
+                    share.append(sum(seconds[p] for p in hit) / total)
             finally:
                 gc.enable()
             info = pipes["cached"].block_cache_info()
@@ -111,17 +127,21 @@ def run(steps: int, rounds: int) -> list[dict]:
             rows.append({"name": name, "steps": steps, "uncached": med["uncached"], "cached": med["cached"],
                          "spread": {k: (min(v), max(v)) for k, v in samples.items()},
                          "speedup": med["uncached"] / med["cached"], "share": statistics.median(share),
+                         "cached_blocks": sorted(p.split(".", 1)[-1] for p in hit),
                          "hits": info.hits, "misses": info.misses, "bytes": info.bytes})
+            print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
     return rows
 
 
 def format_rows(rows: list[dict]) -> str:
-    lines = ["| pipeline | steps | uncached s (min-max) | cached s (min-max) | speedup | text-encoding share |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| pipeline | steps | uncached s (min-max) | cached s (min-max) | speedup | cached share | bound "
+             "1/(1-share) | blocks from the cache |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         (ul, uh), (cl, ch) = r["spread"]["uncached"], r["spread"]["cached"]
         lines.append(f"| {r['name']} | {r['steps']} | {r['uncached']:.3f} ({ul:.3f}-{uh:.3f}) | "
-                     f"{r['cached']:.3f} ({cl:.3f}-{ch:.3f}) | {r['speedup']:.2f}x | {100 * r['share']:.1f}% |")
+                     f"{r['cached']:.3f} ({cl:.3f}-{ch:.3f}) | {r['speedup']:.2f}x | {100 * r['share']:.1f}% | "
+                     f"{1 / (1 - r['share']):.2f}x | {', '.join(r['cached_blocks'])} |")
     return "\n".join(lines)
 
 
@@ -141,7 +161,8 @@ def main() -> None:
         section = (f"## cache\n\n`python bench/cache.py` ({datetime.date.today()}, commit {commit}, "
                    f"{platform.processor() or platform.machine()}, CPU, 1 thread; GPU not run). Re-run with only a "
                    f"new seed, block cache on vs off, interleaved, median of {3 if args.quick else 9} rounds; "
-                   f"images identical. The cache saves the text encoding, so the gain is bounded by its share: "
+                   f"images identical. The cache saves the blocks listed (text encoding; for image-to-image also the "
+                   f"init image's VAE encode), so the gain is bounded by their share of the uncached call: "
                    f"1 / (1 - share).\n\n{table}\n")
         text = RESULTS.read_text()
         if "## cache\n" in text:

@@ -91,3 +91,52 @@ def test_pipeline_feeds_one_concatenation_of_prompt_embeds_to_every_step(tmp_pat
     for field in range(3):  # prompt embeds, pooled embeds, time ids: the same tensor at every step
         assert all(step[field] is seen[0][field] for step in seen), field
     assert seen[1][3] is not seen[0][3]  # the latents are new each step
+
+
+def _calls_per_step(run, steps=(2, 6)) -> float:
+    """Python-level calls (functions and builtins, as cProfile counts them) per denoise step."""
+    import cProfile
+    import pstats
+
+    counts = []
+    for n in steps:
+        profile = cProfile.Profile()
+        profile.enable()
+        run(n)
+        profile.disable()
+        counts.append(sum(v[1] for v in pstats.Stats(profile).stats.values()))
+    return (counts[1] - counts[0]) / (steps[1] - steps[0])
+
+
+@pytest.fixture(scope="module")
+def sd15_folder(tmp_path_factory):
+    from fixtures_sd import build_sd15
+
+    return build_sd15(tmp_path_factory.mktemp("hot-path"))
+
+
+@pytest.mark.parametrize("scale", [7.5, 1.0], ids=["cfg", "no-cfg"])
+def test_per_step_python_work_stays_near_the_standard_pipeline(sd15_folder, scale):
+    """The loop blocks, guider and executor add a bounded number of Python calls per step over the standard
+    pipeline's inline loop (same tiny folder, Euler, the UNet replaced by the same trivial op in both)."""
+    diffusers = pytest.importorskip("diffusers")
+    from diffblocks.components.schedulers import EulerDiscreteScheduler
+
+    def stub(model):
+        model.forward = lambda sample, *args, return_dict=True, **kwargs: (sample * 0.5,)
+
+    folder = sd15_folder
+    ours = ModularPipeline.from_pretrained(str(folder))
+    ours.load_components()
+    ours.set_progress_bar_config(disable=True)
+    ours.update_components(scheduler=EulerDiscreteScheduler.from_config(dict(ours.scheduler.config)))
+    stub(ours.unet)
+    ref = diffusers.StableDiffusionPipeline.from_pretrained(str(folder))
+    ref.set_progress_bar_config(disable=True)
+    ref.scheduler = diffusers.EulerDiscreteScheduler.from_config(ref.scheduler.config)
+    stub(ref.unet)
+    kw = dict(prompt="a red cat", guidance_scale=scale, height=32, width=32)
+    ours_calls = _calls_per_step(lambda n: ours(**kw, num_inference_steps=n, output="latents"))
+    ref_calls = _calls_per_step(lambda n: ref(**kw, num_inference_steps=n, output_type="latent"))
+    # issue 18: 123 calls per step against the standard pipeline's 48 before the hot-path work, 78 after
+    assert ours_calls <= 1.75 * ref_calls, (ours_calls, ref_calls)

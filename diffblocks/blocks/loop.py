@@ -120,7 +120,8 @@ class LoopSequentialPipelineBlocks(CompositeBlocks):
 
         config = {"desc": type(self).__name__, **self.__dict__.get("_progress_bar_config", {})}
         if iterable is not None:
-            bar = tqdm(iterable, total=total, **config)
+            # a disabled bar would only add a generator frame per step: iterate the steps themselves
+            bar = iterable if config.get("disable") is True else tqdm(iterable, total=total, **config)
             runner = current_tracer()
             steps = getattr(runner, "steps", None)
             # the runtime's executor checks for an interrupt before each step and reports step i of n

@@ -208,6 +208,7 @@ class BaseGuidance(ConfigMixin):
     config_name = "guider_config.json"
     _input_predictions: list[str] = []
     _identifier_key = IDENTIFIER_KEY
+    _overrides_on_prepare = False  # set per subclass (see __init_subclass__)
 
     def __init__(self, start: float = 0.0, stop: float = 1.0, enabled: bool = True) -> None:
         if not (0.0 <= start < 1.0):
@@ -330,6 +331,11 @@ class BaseGuidance(ConfigMixin):
     def _on_prepare(self) -> None:
         """Per-step work before the passes are built (e.g. resetting momentum at step 0)."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # prepare_passes (every denoise step) skips the call of the empty default hook
+        cls._overrides_on_prepare = cls._on_prepare is not BaseGuidance._on_prepare
+
     # -- inputs ---------------------------------------------------------------------------------
     def prepare_inputs(self, data: Mapping[str, Any]) -> list[GuidanceBatch]:
         """One `GuidanceBatch` per pass: tuple fields indexed per pass, other values shared."""
@@ -388,16 +394,28 @@ class BaseGuidance(ConfigMixin):
         previous step (the same tensors, unmodified) are reused, so only the changing ones (latents) are
         concatenated per step.
         """
-        self._on_prepare()
+        if self._overrides_on_prepare:
+            self._on_prepare()
         cache = self._concat_cache
+        passes = self._plan_cache
+        if passes is None:  # `_passes()` inlined: this runs every step
+            passes = self._plan_cache = self._plan()
+        last = self._last_groups
+        groups = last[2] if last is not None and last[0] is passes and last[1] is batched \
+            else self._groups(passes, batched)
         out = []
-        for indices, ids, perturbed in self._groups(self._passes(), batched):
+        for indices, ids, perturbed in groups:
             values: dict[str, Any] = {}
             sizes: list[int] = []
             if len(indices) == 1:  # one pass: pick the values, nothing to concatenate
                 index = indices[0]
                 for key, value in fields.items():
-                    value = values[key] = _select(value, index)
+                    if type(value) is tuple and index < len(value):
+                        value = values[key] = value[index]
+                    elif isinstance(value, torch.Tensor) or value is None:
+                        values[key] = value
+                    else:
+                        value = values[key] = _select(value, index)
                     if not sizes:
                         size = _batch_size(value)
                         if size is not None:

@@ -72,7 +72,9 @@ class ClassifierFreeGuidance(_TwoPassGuidance):
             pred = base + self.guidance_scale * (pred_cond - pred_uncond)
         else:
             pred = pred_cond
-        return self._finish(pred, pred_cond, pred_uncond, self.guidance_rescale)
+        if self.guidance_rescale > 0.0:  # `_finish` inlined
+            pred = rescale_noise_cfg(pred, pred_cond, self.guidance_rescale)
+        return GuiderOutput(pred=pred, pred_cond=pred_cond, pred_uncond=pred_uncond)
 
 
 class MomentumBuffer:

@@ -59,7 +59,8 @@ class _DiscreteSigmaScheduler(SchedulerMixin):
 
     def _begin_step(self, timestep: float | torch.Tensor) -> None:
         """Checks and step-index set-up at the start of `step`."""
-        self._reject_integer_timestep(timestep)
+        if isinstance(timestep, (int, torch.IntTensor, torch.LongTensor)):
+            self._reject_integer_timestep(timestep)  # raises
         if not self.is_scale_input_called:
             logger.warning("%s.step called without scale_model_input; the model input was not scaled.",
                            type(self).__name__)
@@ -75,7 +76,7 @@ class _DiscreteSigmaScheduler(SchedulerMixin):
 
     def _pred_original(self, model_output: torch.Tensor, sample: torch.Tensor, sigma: torch.Tensor,
                        sigma_hat: torch.Tensor) -> torch.Tensor:
-        prediction_type = self.config.prediction_type
+        prediction_type = self.config["prediction_type"]
         if prediction_type in ("sample", "original_sample"):
             return model_output
         if prediction_type == "epsilon":
