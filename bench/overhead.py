@@ -38,10 +38,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "RESULTS.md"
+# `--tree PATH` measures the diffblocks (and test fixtures) of another checkout, e.g. an export of the commit
+# before a change (used by `--baseline`); RESULTS.md is always this checkout's
+TREE = Path(sys.argv[sys.argv.index("--tree") + 1]).resolve() if "--tree" in sys.argv[:-1] else ROOT
+sys.path.insert(0, str(TREE))
 LOOP_STEPS = 50
 
 
@@ -275,7 +277,7 @@ def _stub_model(model: Any) -> None:
 
 def stub_pipelines(root: Path) -> dict[str, dict[str, Callable[[int], Any]]]:
     """{scenario: {implementation: fn(steps)}} on the tiny SDXL and SD1.5 test folders, stubbed UNets."""
-    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(TREE / "tests"))
     import diffusers
     import torch
     from diffusers.guiders import ClassifierFreeGuidance as RefCFG
@@ -340,8 +342,9 @@ def stub_pipelines(root: Path) -> dict[str, dict[str, Callable[[int], Any]]]:
     return out
 
 
-def measure_stub(rounds: int) -> list[tuple[str, str, float, float, float, float]]:
-    """Rows (scenario, implementation, per-step us median, ratio to standard median, ratio p25, ratio p75).
+def measure_stub(rounds: int, raw: dict | None = None) -> list[tuple[str, str, float, float, float, float]]:
+    """Rows (scenario, implementation, per-step us median, ratio to standard median, ratio p25, ratio p75);
+    `raw` receives {scenario: {implementation: {"per_step": [...], "ratio": [...]}}} (per round).
 
     CPU time of this process (`time.process_time`, 1 thread), so time the shared machine gives to other jobs is
     not counted; implementations interleaved within each round, the ratio taken per round."""
@@ -381,6 +384,8 @@ def measure_stub(rounds: int) -> list[tuple[str, str, float, float, float, float
             base = np.asarray(per_step["standard"])
             for impl, values in per_step.items():
                 ratios = np.asarray(values) / base
+                if raw is not None:
+                    raw.setdefault(name, {})[impl] = {"per_step": list(values), "ratio": ratios.tolist()}
                 rows.append((name, impl, float(np.median(values)) * 1e6, float(np.median(ratios)),
                              float(np.percentile(ratios, 25)), float(np.percentile(ratios, 75))))
                 print(f"{name:<16} {impl:<12} {rows[-1][2]:7.1f} us/step  vs standard {rows[-1][3]:.3f} "
@@ -393,6 +398,47 @@ def format_stub(rows: list[tuple[str, str, float, float, float, float]]) -> str:
              "|---|---|---:|---:|---:|"]
     for name, impl, us, ratio, lo, hi in rows:
         lines.append(f"| {name} | {impl} | {us:.1f} | {ratio:.3f} | {lo:.3f}-{hi:.3f} |")
+    return "\n".join(lines)
+
+
+def measure_stub_with_baseline(baseline: Path, alternations: int, rounds: int) -> tuple[list, list]:
+    """The stub part on this checkout ("after") and on `baseline` ("before"), each in its own process, the two
+    alternating (order flipped every time), `rounds` rounds per process; per-round ratios pooled per side."""
+    import json
+    import tempfile
+
+    import numpy as np
+
+    pooled: dict[str, dict] = {"after": {}, "before": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for a in range(alternations):
+            sides = [("after", ROOT), ("before", baseline)]
+            for side, tree in (sides if a % 2 == 0 else sides[::-1]):
+                out = Path(tmp) / f"{side}-{a}.json"
+                subprocess.run([sys.executable, str(Path(__file__).resolve()), "--only", "stub", "--stub-rounds",
+                                str(rounds), "--json", str(out), "--tree", str(tree)], check=True)
+                for name, impls in json.loads(out.read_text()).items():
+                    for impl, data in impls.items():
+                        entry = pooled[side].setdefault(name, {}).setdefault(impl, {"per_step": [], "ratio": []})
+                        entry["per_step"] += data["per_step"]
+                        entry["ratio"] += data["ratio"]
+
+    def rows(side: str) -> list:
+        return [(name, impl, float(np.median(d["per_step"])) * 1e6, float(np.median(d["ratio"])),
+                 float(np.percentile(d["ratio"], 25)), float(np.percentile(d["ratio"], 75)))
+                for name, impls in pooled[side].items() for impl, d in impls.items()]
+
+    return rows("after"), rows("before")
+
+
+def format_stub_with_baseline(after: list, before: list) -> str:
+    earlier = {(name, impl): (ratio, lo, hi) for name, impl, _, ratio, lo, hi in before}
+    lines = ["| scenario | implementation | per step (us, CPU time) | / standard (median) | / standard (p25-p75) | "
+             "before: / standard (median, p25-p75) |", "|---|---|---:|---:|---:|---:|"]
+    for name, impl, us, ratio, lo, hi in after:
+        b = earlier.get((name, impl))
+        shown = f"{b[0]:.3f} ({b[1]:.3f}-{b[2]:.3f})" if b is not None and impl != "standard" else "-"
+        lines.append(f"| {name} | {impl} | {us:.1f} | {ratio:.3f} | {lo:.3f}-{hi:.3f} | {shown} |")
     return "\n".join(lines)
 
 
@@ -490,12 +536,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--update-results", action="store_true", help="rewrite the overhead section of RESULTS.md")
     parser.add_argument("--stub-rounds", type=int, default=15, help="rounds of the stub-model per-step figure")
     parser.add_argument("--only", choices=("blocks", "stub"), help="run one part only")
+    parser.add_argument("--tree", type=Path, help="measure the diffblocks of another checkout (see TREE)")
+    parser.add_argument("--json", type=Path, help="stub part: write the per-round values to this file")
+    parser.add_argument("--baseline", type=Path,
+                        help="stub part: also measure this checkout (e.g. `git archive` of the commit before a "
+                             "change), alternating processes, and show its ratios beside ours")
+    parser.add_argument("--alternations", type=int, default=3, help="with --baseline: processes per side")
     args = parser.parse_args(argv)
     samples = 10 if args.quick else args.samples
     ours_ns, ref_ns = ours_namespace(), reference_namespace()
     if args.only != "blocks":
-        rows = measure_stub(3 if args.quick else args.stub_rounds)
-        stub_table = format_stub(rows)
+        raw: dict = {}
+        if args.baseline is not None:
+            after, before = measure_stub_with_baseline(args.baseline.resolve(), args.alternations,
+                                                       3 if args.quick else args.stub_rounds)
+            stub_table = format_stub_with_baseline(after, before)
+        else:
+            stub_table = format_stub(measure_stub(3 if args.quick else args.stub_rounds, raw))
+        if args.json is not None:
+            import json
+
+            args.json.write_text(json.dumps(raw))
         sys.stdout.write("\n" + stub_table + "\n")
         if args.update_results:
             update_results(
@@ -506,9 +567,14 @@ def main(argv: list[str] | None = None) -> None:
                 "in CPU time of the process (1 torch thread), so time the shared machine gives to other jobs is not "
                 "counted; implementations interleaved within each round (order alternating), the ratio to the "
                 "standard pipeline taken per round; median and p25-p75 over rounds. The latents of all "
-                "implementations are checked equal first. Target: ours <= 1.0x the standard pipeline.\n\n"
+                "implementations are checked equal first. Target: ours <= 1.0x the standard pipeline."
+                + (" With `--baseline`, the same measurement of an earlier checkout runs in alternating processes "
+                   "(the last column: its ratios to the standard pipeline in its own rounds)."
+                   if args.baseline is not None else "") + "\n\n"
                 f"Date {datetime.date.today().isoformat()}; machine: {machine()}; commit {git_commit()}; "
-                f"{3 if args.quick else args.stub_rounds} rounds.\n\n{stub_table}\n",
+                + (f"{args.alternations} x {3 if args.quick else args.stub_rounds} rounds per side"
+                   if args.baseline is not None else f"{3 if args.quick else args.stub_rounds} rounds")
+                + f".\n\n{stub_table}\n",
                 heading="denoise step overhead (stub model)")
         if args.only == "stub":
             return

@@ -49,13 +49,28 @@ class _DiscreteSigmaScheduler(SchedulerMixin):
             return max_sigma
         return (max_sigma**2 + 1) ** 0.5
 
+    _schedule_constants: tuple | None = None
+
+    def _per_step(self) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """Per-timestep scalars of the current `sigmas`, computed once per schedule instead of once per step:
+        (sigma_i, sqrt(sigma_i^2 + 1), sigma_{i+1} - sigma_i), each a list of 0-d tensors (indexing a list is no
+        tensor op). Computed with the same float operations as the per-step formulas, element-wise, so every
+        value is bit-identical to what the step would compute; rebuilt whenever `sigmas` is replaced."""
+        constants = self._schedule_constants
+        sigmas = self.sigmas
+        if constants is None or constants[0] is not sigmas:
+            scales = (sigmas**2 + 1) ** 0.5
+            steps = sigmas[1:] - sigmas[:-1]
+            constants = self._schedule_constants = (sigmas, list(sigmas.unbind()), list(scales.unbind()),
+                                                    list(steps.unbind()))
+        return constants[1], constants[2], constants[3]
+
     def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor) -> torch.Tensor:
         """Divide by sqrt(sigma^2 + 1) so the model sees unit-variance input."""
         if self._step_index is None:
             self._init_step_index(timestep)
-        sigma = self.sigmas[self._step_index]
         self.is_scale_input_called = True
-        return sample / ((sigma**2 + 1) ** 0.5)
+        return sample / self._per_step()[1][self._step_index]
 
     def _begin_step(self, timestep: float | torch.Tensor) -> None:
         """Checks and step-index set-up at the start of `step`."""
@@ -208,18 +223,21 @@ class EulerDiscreteScheduler(_DiscreteSigmaScheduler):
         self._begin_step(timestep)
         sample = sample.to(torch.float32)
         index = self._step_index
-        sigma = self.sigmas[index]
+        sigmas, _, steps = self._per_step()
+        sigma = sigmas[index]
         gamma = 0.0
         if s_churn > 0 and s_tmin <= sigma <= s_tmax:
             gamma = min(s_churn / (len(self.sigmas) - 1), 2**0.5 - 1)
-        sigma_hat = sigma * (gamma + 1)
         if gamma > 0:
+            sigma_hat = sigma * (gamma + 1)
             noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
                                  dtype=model_output.dtype)
             sample = sample + noise * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
+            dt = sigmas[index + 1] - sigma_hat
+        else:  # sigma * (0 + 1) is sigma exactly, and the step size is the schedule's own
+            sigma_hat, dt = sigma, steps[index]
         pred_original_sample = self._pred_original(model_output, sample, sigma, sigma_hat)
         derivative = (sample - pred_original_sample) / sigma_hat
-        dt = self.sigmas[index + 1] - sigma_hat
         prev_sample = (sample + derivative * dt).to(model_output.dtype)
         self._step_index = index + 1
         if not return_dict:
