@@ -245,3 +245,18 @@ def test_live_previews_when_a_prompt_asks(server, ws):
     assert all(struct.unpack(">II", frame[:8]) == (1, 2) for frame in frames)
     preview = Image.open(io.BytesIO(frames[-1][8:]))
     assert preview.format == "PNG" and preview.size[0] > 0
+
+
+def test_docs_client_example_runs(server, tmp_path, monkeypatch):
+    """docs/server.md's "Using it from code" example, as written, against this server."""
+    import re
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "server.md").read_text()
+    (code,) = [block for block in re.findall(r"```python\n(.*?)```", doc, flags=re.S) if "websocket" in block]
+    code = code.replace("127.0.0.1:8188", f"127.0.0.1:{server.port}")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "workflow_api.json").write_text(json.dumps(workflow(seed=21, steps=2)))
+    namespace: dict = {}
+    exec(compile(code, "docs/server.md", "exec"), namespace)
+    assert namespace["png"][:8] == b"\x89PNG\r\n\x1a\n"
+    assert Image.open(io.BytesIO(namespace["png"])).size == (64, 64)
