@@ -52,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temp", default=None, help="PreviewImage files (default: a new temporary folder)")
     p.add_argument("--user-dir", default="user", help="frontend settings and saved workflows (default: %(default)s)")
     p.add_argument("--cache-memory", default="4GB",
-                   help="memory for node outputs cached between prompts, e.g. 4GB; 0 disables (default: %(default)s)")
+                   help="memory for the tensors of node outputs kept between prompts, e.g. 4GB; 0 keeps none (loaded "
+                        "models are reused either way) (default: %(default)s)")
     p.add_argument("--preview-method", default="none", choices=["none", "auto", "latent2rgb"],
                    help="live previews while sampling: none unless a prompt asks (ComfyUI's default), or auto / "
                         "latent2rgb (the same: a latent-to-RGB projection) (default: %(default)s)")
