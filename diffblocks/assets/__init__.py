@@ -14,7 +14,7 @@ from pathlib import Path
 
 __all__ = ["DEMO_GUIDANCE_SCALE", "DEMO_PROMPT", "DEMO_STEPS", "demo_model_path"]
 
-DEMO_PROMPT = "a red circle on a blue background"
+DEMO_PROMPT = "a red circle on a black background"
 DEMO_STEPS = 25
 DEMO_GUIDANCE_SCALE = 4.0
 
