@@ -20,21 +20,13 @@ from ...components.schedulers import (
     retrieve_timesteps,
 )
 from ...components.spec import ComponentSpec
-from ..common.utils import execution_device, repeat_to_batch
+from ..common.utils import check_generators, execution_device, repeat_to_batch
 from .utils import image_ids, latent_channels, latent_size, pack_latents, resolve_size
 
 __all__ = [
     "FluxImg2ImgPrepareLatentsStep", "FluxImg2ImgSetTimestepsStep", "FluxInpaintPrepareLatentsStep",
     "FluxPrepareLatentsStep", "FluxRoPEInputsStep", "FluxSetTimestepsStep", "FluxTextInputStep",
 ]
-
-
-def _check_generators(block: str, generator: Any, total: int) -> None:
-    if isinstance(generator, list) and len(generator) != total:
-        raise BlockInputError(
-            f"Block {block!r}: input 'generator' is a list of {len(generator)} generators, but the effective batch is "
-            f"{total} (prompts x num_images_per_prompt); pass one per image or a single generator.",
-            block=block, input_name="generator")
 
 
 class FluxTextInputStep(ModularPipelineBlocks):
@@ -131,7 +123,7 @@ class FluxPrepareLatentsStep(ModularPipelineBlocks):
         if bs.latents is not None:
             bs.latents = bs.latents.to(device=device, dtype=dtype)
         else:
-            _check_generators(name, bs.generator, total)
+            check_generators(name, bs.generator, total)
             h, w = latent_size(components, bs.height, bs.width)
             noise = randn_tensor((total, latent_channels(components), h, w), generator=bs.generator,
                                  device=device, dtype=dtype)
@@ -289,7 +281,7 @@ class FluxImg2ImgPrepareLatentsStep(ModularPipelineBlocks):
         if bs.latents is not None:
             noise = bs.latents.to(device=device, dtype=dtype)
             return image_latents, noise, noise, total
-        _check_generators(name, bs.generator, total)
+        check_generators(name, bs.generator, total)
         noise = randn_tensor(image_latents.shape, generator=bs.generator, device=device, dtype=dtype)
         latent_timestep = bs.timesteps[:1].repeat(total)
         return image_latents, noise, components.scheduler.scale_noise(image_latents, latent_timestep, noise), total

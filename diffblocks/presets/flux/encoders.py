@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import PIL.Image
 import torch
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
@@ -21,6 +20,7 @@ from ...components.models import AutoencoderKL
 from ...components.spec import ComponentSpec
 from ..common.utils import (
     check_finite,
+    check_image,
     encode_posterior,
     execution_device,
     guider_for_call,
@@ -227,18 +227,8 @@ class FluxImageVaeEncoderStep(ModularPipelineBlocks):
         return [OutputParam("image_posterior", torch.Tensor,
                             "VAE posterior parameters of the image(s), (N, 32, h, w)")]
 
-    def _check_image(self, name: str, image: Any) -> None:
-        items = image if isinstance(image, (list, tuple)) else [image]
-        import numpy as np
-
-        if not items or not all(isinstance(i, (PIL.Image.Image, np.ndarray, torch.Tensor)) for i in items):
-            block = type(self).__name__
-            raise BlockInputError(f"Block {block!r}: input {name!r} must be a PIL image, numpy array or tensor "
-                                  f"(or a non-empty list of them), got {type(image).__name__}.",
-                                  block=block, input_name=name)
-
     def _encode_image(self, components: Any, bs: Any) -> None:
-        self._check_image("image", bs.image)
+        check_image(type(self).__name__, "image", bs.image, channels=(3,))
         bs.height, bs.width = resolve_size(type(self).__name__, components, bs.height, bs.width)
         image = components.image_processor.preprocess(bs.image, height=bs.height, width=bs.width)
         vae = components.vae
@@ -276,7 +266,7 @@ class FluxInpaintImageVaeEncoderStep(FluxImageVaeEncoderStep):
 
     def __call__(self, components: Any, state: Any):
         bs = self.get_block_state(state)
-        self._check_image("mask_image", bs.mask_image)
+        check_image(type(self).__name__, "mask_image", bs.mask_image)
         self._encode_image(components, bs)
         bs.processed_mask_image = components.mask_processor.preprocess(bs.mask_image, height=bs.height,
                                                                        width=bs.width)
