@@ -132,13 +132,17 @@ def test_events_history_and_view(server, socket_):
     prompt = {"1": {"class_type": "Const", "inputs": {"v": 1}}, "2": {"class_type": "Save", "inputs": {}}}
     pid = _ok(server.url, prompt, socket_)
     got = socket_.until_done(pid)
-    kinds = [m[0] for m in got if isinstance(m, tuple) and m[0] != "status"]
+    kinds = [m[0] for m in got if isinstance(m, tuple) and m[0] not in ("status", "progress_state")]
     assert kinds == ["execution_start", "execution_cached", "executing", "executing", "executed",
                      "execution_success", "executing"]
     assert [e["node"] for e in events(got, "executing")] == ["1", "2", None]
     assert all(e["prompt_id"] == pid for e in events(got, "executing"))
     executed = events(got, "executed")[0]
     assert executed["node"] == "2" and executed["output"]["images"][0]["type"] == "output"
+    # progress_state: every node's state so far, as the frontend draws node progress
+    states = [{n: s["state"] for n, s in e["nodes"].items()} for e in events(got, "progress_state")]
+    assert states == [{"1": "running"}, {"1": "finished"}, {"1": "finished", "2": "running"},
+                      {"1": "finished", "2": "finished"}]
 
     # the history is there once "executing: null" arrives
     entry = requests.get(f"{server.url}/history/{pid}").json()[pid]
@@ -176,6 +180,8 @@ def test_failing_node_then_next_prompt_runs(server, socket_):
     assert error["exception_message"] == "this node always fails" and error["exception_type"] == "ValueError"
     assert error["traceback"][-1] == "ValueError: always\n" and error["executed"] == ["1"]
     assert error["current_inputs"] == {"x": 1}
+    last = events(got, "progress_state")[-1]["nodes"]
+    assert last["1"]["state"] == "finished" and last["2"]["state"] == "error"
     entry = requests.get(f"{server.url}/history/{pid}").json()[pid]
     assert entry["status"]["status_str"] == "error" and entry["status"]["completed"] is False
     job = requests.get(f"{server.url}/api/jobs/{pid}").json()
@@ -194,6 +200,8 @@ def test_interrupt_within_one_step_and_preview_frames(server, socket_):
     after = socket_.until_done(pid)
     interrupted = events(after, "execution_interrupted")[0]
     assert interrupted["node_id"] == "1" and interrupted["node_type"] == "Slow" and interrupted["prompt_id"] == pid
+    running = [e["nodes"]["1"] for e in events(before + after, "progress_state") if e["nodes"]["1"]["max"] == 500]
+    assert running and running[-1]["state"] == "running" and running[-1]["value"] >= 1
     # the stand-in checks for an interrupt before each 20 ms step: only steps already under way still report
     assert len(events(after, "progress")) <= 3
     frames = [m for m in before + after if isinstance(m, bytes)]
