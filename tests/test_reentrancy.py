@@ -215,3 +215,48 @@ def test_fp16_vae_upcast_is_taken_in_turns():
         t.join(5)
     assert seen == [("first", True, torch.float32), ("first-end", torch.float32), ("second", True, torch.float32)]
     assert vae.dtype == torch.float16
+
+
+def test_tokenization_is_not_disturbed_by_a_concurrent_tokenize():
+    """The fast tokenizers keep padding/truncation settings on the shared backend and `tokenize()` resets them:
+    without the per-tokenizer lock (components/tokenization.py) a padded encode running beside textual-inversion
+    prompt expansion sometimes got unpadded ids (different embeddings, a different image; ~1% of calls here)."""
+    from types import SimpleNamespace
+
+    from transformers import CLIPTokenizer
+
+    from diffblocks import demo_model_path
+    from diffblocks.components.adapters.textual_inversion import expand_prompts
+    from diffblocks.presets.sd import encode_clip
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(demo_model_path() / "tokenizer"))
+    assert tokenizer.added_tokens_encoder  # so expand_prompts tokenizes
+
+    class IdsEncoder(torch.nn.Module):  # returns the ids it is given, as "embeddings"
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+            self.config = SimpleNamespace()
+
+        def forward(self, ids, attention_mask=None, output_hidden_states=False):
+            return (ids.float(),)
+
+    encoder, lengths, done = IdsEncoder(), [], threading.Event()
+
+    def encode():
+        try:
+            for _ in range(3000):
+                lengths.append(encode_clip(tokenizer, encoder, ["a red circle"]).shape[-1])
+        finally:
+            done.set()
+
+    def expand():
+        while not done.is_set():
+            expand_prompts(tokenizer, ["a blue square on a white background"])
+
+    threads = [threading.Thread(target=encode), threading.Thread(target=expand)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(lengths) == 3000 and set(lengths) == {tokenizer.model_max_length}

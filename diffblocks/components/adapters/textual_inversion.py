@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ..tokenization import tokenizer_lock
 from .files import AdapterFileError
 from .lora import bump_adapter_version
 
@@ -133,7 +134,9 @@ def expand_prompts(tokenizer: Any, prompts: list[str]) -> list[str]:
         return prompts
     out = []
     for prompt in prompts:
-        for token in set(tokenizer.tokenize(prompt)):
+        with tokenizer_lock(tokenizer):  # tokenize() resets the shared padding settings (components/tokenization.py)
+            tokens = set(tokenizer.tokenize(prompt))
+        for token in tokens:
             if token in added and f"{token}_1" in added:
                 replacement, i = token, 1
                 while f"{token}_{i}" in added:

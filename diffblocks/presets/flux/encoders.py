@@ -18,6 +18,7 @@ from ...blocks import (
 from ...components.adapters.lora import lora_scale
 from ...components.models import AutoencoderKL
 from ...components.spec import ComponentSpec
+from ...components.tokenization import tokenize
 from ..common.utils import (
     check_finite,
     check_image,
@@ -54,7 +55,7 @@ def _as_list(block: str, name: str, value: Any) -> list[str] | None:
 
 
 def _warn_truncated(tokenizer: Any, prompts: list[str], ids: torch.Tensor, limit: int, what: str) -> None:
-    full = tokenizer(prompts, padding="longest", return_tensors="pt").input_ids
+    full = tokenize(tokenizer, prompts, padding="longest", return_tensors="pt").input_ids
     if full.shape[-1] > ids.shape[-1]:
         removed = tokenizer.batch_decode(full[:, limit - 1: -1])
         logger.warning("Part of the prompt was truncated because %s is %d tokens: %s", what, limit, removed)
@@ -120,8 +121,8 @@ class FluxTextEncoderStep(ModularPipelineBlocks):
     def _clip_pooled(components: Any, prompts: list[str], device: torch.device) -> torch.Tensor:
         tokenizer, encoder = components.tokenizer, components.text_encoder
         limit = tokenizer.model_max_length
-        ids = tokenizer(prompts, padding="max_length", max_length=limit, truncation=True,
-                        return_tensors="pt").input_ids
+        ids = tokenize(tokenizer, prompts, padding="max_length", max_length=limit, truncation=True,
+                       return_tensors="pt").input_ids
         _warn_truncated(tokenizer, prompts, ids, limit, "CLIP's maximum length")
         pooled = encoder(ids.to(encoder.device), output_hidden_states=False).pooler_output
         return pooled.to(dtype=encoder.dtype, device=device)
@@ -129,8 +130,8 @@ class FluxTextEncoderStep(ModularPipelineBlocks):
     @staticmethod
     def _t5_sequence(components: Any, prompts: list[str], max_length: int, device: torch.device) -> torch.Tensor:
         tokenizer, encoder = components.tokenizer_2, components.text_encoder_2
-        ids = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
-                        return_tensors="pt").input_ids
+        ids = tokenize(tokenizer, prompts, padding="max_length", max_length=max_length, truncation=True,
+                       return_tensors="pt").input_ids
         _warn_truncated(tokenizer, prompts, ids, max_length, "max_sequence_length")
         embeds = encoder(ids.to(encoder.device), output_hidden_states=False)[0]
         return embeds.to(dtype=encoder.dtype, device=device)

@@ -23,6 +23,7 @@ from ...blocks import (
 from ...components.adapters.lora import lora_scale
 from ...components.adapters.textual_inversion import expand_prompts
 from ...components.spec import ComponentSpec
+from ...components.tokenization import tokenize
 from ..common import (
     AutoControlNetDenoiseStep,
     AutoControlNetInputStep,
@@ -92,13 +93,13 @@ def encode_clip(tokenizer, text_encoder, prompts: list[str], clip_skip: int | No
                 max_length: int | None = None) -> torch.Tensor:
     """SD 1.x/2.x text embeddings: last hidden state, or the `clip_skip`-th from the end through the final norm."""
     prompts = expand_prompts(tokenizer, prompts)  # multi-vector textual-inversion tokens
-    ids = tokenizer(prompts, padding="max_length", max_length=max_length or tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids
+    ids = tokenize(tokenizer, prompts, padding="max_length", max_length=max_length or tokenizer.model_max_length,
+                   truncation=True, return_tensors="pt").input_ids
     device = next(text_encoder.parameters()).device
     mask = None
     if getattr(text_encoder.config, "use_attention_mask", False):
-        mask = tokenizer(prompts, padding="max_length", max_length=max_length or tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt").attention_mask.to(device)
+        mask = tokenize(tokenizer, prompts, padding="max_length", max_length=max_length or tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").attention_mask.to(device)
     if clip_skip is None:
         return text_encoder(ids.to(device), attention_mask=mask)[0]
     out = text_encoder(ids.to(device), attention_mask=mask, output_hidden_states=True)

@@ -24,6 +24,7 @@ from ...components.adapters.lora import lora_scale
 from ...components.adapters.textual_inversion import expand_prompts
 from ...components.models import UNet2DConditionModel
 from ...components.spec import ComponentSpec
+from ...components.tokenization import tokenize
 from ...runtime.callbacks import TensorView, attr_view, concat_view
 from ..common import (
     AutoControlNetDenoiseStep,
@@ -124,8 +125,9 @@ class StableDiffusionXLTextEncoderStep(ModularPipelineBlocks):
         embeds, pooled = [], None
         for (tokenizer, encoder), prompts in zip(pairs, prompts_per_encoder):
             prompts = expand_prompts(tokenizer, prompts)  # multi-vector textual-inversion tokens
-            ids = tokenizer(prompts, padding="max_length", max_length=max_length or tokenizer.model_max_length,
-                            truncation=True, return_tensors="pt").input_ids
+            ids = tokenize(tokenizer, prompts, padding="max_length",
+                           max_length=max_length or tokenizer.model_max_length, truncation=True,
+                           return_tensors="pt").input_ids
             out = encoder(ids.to(next(encoder.parameters()).device), output_hidden_states=True)
             if pooled is None and out[0].ndim == 2:
                 pooled = out[0]
