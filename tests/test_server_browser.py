@@ -1,12 +1,14 @@
 """The official ComfyUI frontend (comfyui-frontend-package) in headless Chromium against `diffblocks serve`:
 it loads without console errors, its node search finds core and diffblocks nodes, and the default workflow
-queued from the UI (ckpt_name set to the tiny model) shows its image. Saves build/test-artifacts/server.png.
+queued from the UI (set up for the bundled demo model: checkpoint, prompt, 64 px) shows its image, which is the
+prompt's. Saves build/test-artifacts/server.png (docs/server.png is one).
 
 Needs Debian's `chromium` and `chromium-driver` (`make browser-deps`); skipped, saying so, where they are not
 installed."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import time
@@ -19,8 +21,11 @@ selenium = pytest.importorskip("selenium")
 pytest.importorskip("comfyui_frontend_package", reason="the frontend is not installed: pip install diffblocks[ui]")
 
 import requests  # noqa: E402
-from fixtures_sd import build_sd15  # noqa: E402
+from PIL import Image  # noqa: E402
 from server_helpers import REPO, ServerProcess  # noqa: E402
+
+from diffblocks import demo_model_path  # noqa: E402
+from diffblocks.assets import DEMO_GUIDANCE_SCALE, DEMO_PROMPT, DEMO_STEPS  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -36,8 +41,8 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
     models = root / "models"
     models.mkdir()
-    running = ServerProcess(root, models, wait=False)  # starts while the tiny model is written
-    build_sd15(models)
+    running = ServerProcess(root, models, wait=False)  # starts while the model is copied
+    shutil.copytree(demo_model_path(), models / "demo")  # the bundled trained demo model (7 MB, 64 px shapes)
     running.wait()
     # a returning user: the frontend opens its default workflow instead of the first-run template browser
     requests.post(f"{running.url}/settings", json={"Comfy.TutorialCompleted": True}).raise_for_status()
@@ -140,18 +145,24 @@ def test_frontend_runs_the_default_workflow(server, browser):
     found = _search(browser, info[block]["display_name"], "diffblocks")
     assert any(info[block]["display_name"] in item and "diffblocks" in item for item in found), (block, found)
 
-    # the default workflow queued from the UI's Run button: ckpt_name set to the tiny model, and 64 px / 4 steps
-    # so it runs in seconds on a CPU
+    # the default workflow queued from the UI's Run button, set up for the bundled demo model: its checkpoint, a
+    # prompt it knows, its size (64 px), steps and guidance
     browser.execute_script(f"""
-        const set = (type, name, value) => {{
-            const w = {APP}.graph.nodes.find(n => n.type === type).widgets.find(w => w.name === name);
+        const set = (type, name, value, which = 0) => {{
+            const node = {APP}.graph.nodes.filter(n => n.type === type).sort((a, b) => a.id - b.id)[which];
+            const w = node.widgets.find(w => w.name === name);
             w.value = value;
             if (w.callback) w.callback(value);
         }};
-        set('CheckpointLoaderSimple', 'ckpt_name', 'sd15');
+        set('CheckpointLoaderSimple', 'ckpt_name', 'demo');
+        set('CLIPTextEncode', 'text', {json.dumps(DEMO_PROMPT)});
+        set('CLIPTextEncode', 'text', '', 1);
+        set('KSampler', 'seed', 0);
+        set('KSampler', 'control_after_generate', 'fixed');
         set('EmptyLatentImage', 'width', 64);
         set('EmptyLatentImage', 'height', 64);
-        set('KSampler', 'steps', 4);
+        set('KSampler', 'steps', {DEMO_STEPS});
+        set('KSampler', 'cfg', {DEMO_GUIDANCE_SCALE});
         {APP}.refreshMissingModels({{silent: true}});  // the model it named is there now: clears the warning
         {APP}.graph.setDirtyCanvas(true, true);""")
     from selenium.webdriver.common.action_chains import ActionChains
@@ -169,8 +180,18 @@ def test_frontend_runs_the_default_workflow(server, browser):
     history = requests.get(f"{server.url}/history").json()
     (entry,) = history.values()
     assert entry["status"]["status_str"] == "success"
-    assert entry["prompt"][2]["4"]["inputs"]["ckpt_name"] == "sd15"
-    assert entry["prompt"][2]["3"]["inputs"]["steps"] == 4
+    prompt = entry["prompt"][2]
+    assert prompt["4"]["inputs"]["ckpt_name"] == "demo" and prompt["6"]["inputs"]["text"] == DEMO_PROMPT
+    assert prompt["3"]["inputs"]["steps"] == DEMO_STEPS and prompt["3"]["inputs"]["seed"] == 0
+    # the picture is the prompt's: its colors, read by the demo data's model-free classifier (the demo model gets
+    # colors and backgrounds right for every prompt, bench/RESULTS.md; shapes less surely, so they are not asked)
+    from diffblocks.demo_data import parse_caption
+    from diffblocks.demo_data.classify import classify_image
+
+    png = requests.get(f"{server.url}/view", params=entry["outputs"]["9"]["images"][0]).content
+    seen = classify_image(Image.open(io.BytesIO(png)).convert("RGB"))
+    color, _, background = parse_caption(DEMO_PROMPT)
+    assert (seen.color, seen.background) == (color, background), seen
     assert "workflow" in entry["prompt"][3].get("extra_pnginfo", {})  # the UI sent its workflow along
 
     time.sleep(1.0)
