@@ -406,3 +406,30 @@ def test_partial_execution_targets_run_only_those_outputs(server, socket_):
     r = queue_prompt(server.url, {**prompt, "3": {"class_type": "Const", "inputs": {}}}, socket_.client_id,
                      partial_execution_targets=["3"])
     assert r.status_code == 400 and r.json()["error"]["type"] == "prompt_no_outputs"
+
+
+def test_docs_embedding_example_serves(tmp_path, monkeypatch):
+    """docs/server.md's embedding example, as written, with `web.run_app` swapped for a served thread."""
+    import re
+    from pathlib import Path
+
+    from aiohttp import web
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "server.md").read_text()
+    (code,) = [block for block in re.findall(r"```python\n(.*?)```", doc, flags=re.S) if "create_app" in block]
+    answers = {}
+
+    def run_app(app, host, port):
+        assert host == "127.0.0.1"
+        served = AppThread(app)
+        try:
+            answers["object_info"] = requests.get(f"{served.url}/object_info").json()
+            answers["prompt"] = requests.get(f"{served.url}/prompt").json()
+        finally:
+            served.close()
+
+    monkeypatch.setattr(web, "run_app", run_app)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    exec(compile(code, "docs/server.md", "exec"), {})
+    assert "KSampler" in answers["object_info"] and answers["prompt"] == {"exec_info": {"queue_remaining": 0}}
