@@ -6,7 +6,7 @@ add_noise -> predict -> target -> loss -> optimize) on our UNet and DDPMSchedule
 "reference" is the diffusers script's step written out on diffusers' UNet2DConditionModel and DDPMScheduler.
 Each (side, case) runs in its own subprocess, alternating sides, so peak RSS belongs to one side only.
 
-    python bench/training.py [--repeats 2] [--steps 4] [--sdxl] [--full] [--device cpu|cuda]
+    python bench/training.py [--repeats 2] [--steps 4] [--sdxl] [--full] [--cases tiny,sdxl,full] [--device cpu|cuda]
 
 `--sdxl` adds the tiny SDXL-shaped UNet (text_time conditioning): ours runs the SDXL graph's time_ids block too
 (pooled embeddings + original size / crop / target size -> add_time_ids), the reference the SDXL script's
@@ -103,20 +103,23 @@ def _child(side: str, case: str, steps: int, device: str) -> dict:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     step()  # warm-up (allocates grads and optimizer state)
-    times = []
+    times, cpu_times = [], []
     for _ in range(steps):
         if device == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         step()
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
-    return {"step_s": statistics.median(times), "spread": max(times) - min(times), "peak_mb": peak}
+    # CPU time of this process: on a shared, loaded machine it moves far less than wall time
+    return {"step_s": statistics.median(times), "spread": max(times) - min(times), "peak_mb": peak,
+            "cpu_s": statistics.median(cpu_times)}
 
 
 def main() -> None:
@@ -125,6 +128,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed steps per run (after one warm-up)")
     parser.add_argument("--full", action="store_true", help="also the full-size SD 1.5 UNet config (~10 GB)")
     parser.add_argument("--sdxl", action="store_true", help="also the tiny SDXL-shaped UNet (time-id conditioning)")
+    parser.add_argument("--cases", help="comma-separated cases to run instead (tiny, sdxl, full)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
@@ -137,7 +141,9 @@ def main() -> None:
         return
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.device}; batch 1, 64x64 latents")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
-    for case in ["tiny"] + (["sdxl"] if args.sdxl else []) + (["full"] if args.full else []):
+    cases = args.cases.split(",") if args.cases else \
+        ["tiny"] + (["sdxl"] if args.sdxl else []) + (["full"] if args.full else [])
+    for case in cases:
         results: dict[str, list[dict]] = {"ours": [], "reference": []}
         for _ in range(args.repeats):
             for side in ("reference", "ours"):
@@ -148,10 +154,12 @@ def main() -> None:
         row = {}
         for side, runs in results.items():
             row[side] = (statistics.median(r["step_s"] for r in runs), max(r["step_s"] for r in runs)
-                         - min(r["step_s"] for r in runs), statistics.median(r["peak_mb"] for r in runs))
-        (o, os_, om), (r, rs, rm) = row["ours"], row["reference"]
+                         - min(r["step_s"] for r in runs), statistics.median(r["peak_mb"] for r in runs),
+                         statistics.median(r["cpu_s"] for r in runs))
+        (o, os_, om, oc), (r, rs, rm, rc) = row["ours"], row["reference"]
         print(f"UNet {case:<4} step: ours {1 / o:7.3f} steps/s ({o * 1e3:8.1f} ms +-{os_ * 5e2:.0f}), reference "
-              f"{1 / r:7.3f} steps/s ({r * 1e3:8.1f} ms +-{rs * 5e2:.0f}); time ratio {o / r:5.3f}; peak memory "
+              f"{1 / r:7.3f} steps/s ({r * 1e3:8.1f} ms +-{rs * 5e2:.0f}); time ratio {o / r:5.3f}; CPU time "
+              f"ours {oc * 1e3:.1f} ms, reference {rc * 1e3:.1f} ms, ratio {oc / rc:5.3f}; peak memory "
               f"ours {om:7.0f} MB, reference {rm:7.0f} MB")
 
 
