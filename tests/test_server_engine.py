@@ -468,12 +468,12 @@ def test_vae_encode_for_inpaint_matches_preset_inpainting(setup):
 
 
 def test_docs_example_runs(setup, tmp_path, monkeypatch, capsys):
-    """The first example of docs/server.md, as written, in a folder holding models/ (the tiny SD checkpoint)."""
+    """The engine example of docs/server.md, as written, in a folder holding models/ (the tiny SD checkpoint)."""
     import re
 
     engine = setup[0]
     text = (Path(__file__).resolve().parents[1] / "docs" / "server.md").read_text()
-    example = re.findall(r"```python\n(.*?)```", text, flags=re.S)[0]
+    (example,) = [block for block in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "ExecutionHooks(" in block]
     (tmp_path / "models").symlink_to(engine.paths.models_dir, target_is_directory=True)
     monkeypatch.chdir(tmp_path)
     exec(compile(example, "docs/server.md", "exec"), {"prompt": default_workflow(seed=7)})
