@@ -433,3 +433,25 @@ def test_docs_embedding_example_serves(tmp_path, monkeypatch):
     (tmp_path / "models").mkdir()
     exec(compile(code, "docs/server.md", "exec"), {})
     assert "KSampler" in answers["object_info"] and answers["prompt"] == {"exec_info": {"queue_remaining": 0}}
+
+
+def test_frontend_files_and_unanswered_api_paths(tmp_path, caplog):
+    """With a frontend folder: / is its index.html, its files are served, and an API path nobody answers is a
+    404 that the log names (how the browser test finds frontend calls this server lacks)."""
+    web_root = tmp_path / "web"
+    (web_root / "extensions" / "core").mkdir(parents=True)
+    (web_root / "index.html").write_text("<html>frontend</html>")
+    (web_root / "extensions" / "core" / "a.js").write_text("// a")
+    app = create_app(StandInEngine(tmp_path), models_dir=tmp_path, input_dir=tmp_path / "in",
+                     output_dir=tmp_path / "out", temp_dir=tmp_path / "tmp", user_dir=tmp_path / "user",
+                     web_root=web_root)
+    served = AppThread(app)
+    try:
+        assert requests.get(served.url + "/").text == "<html>frontend</html>"
+        assert requests.get(served.url + "/extensions/core/a.js").text == "// a"
+        assert requests.get(served.url + "/api/extensions").json() == ["/extensions/core/a.js"]
+        with caplog.at_level("WARNING", logger="diffblocks.server.app"):
+            assert requests.get(served.url + "/api/no/such/route").status_code == 404
+        assert "no route for GET /api/no/such/route" in caplog.text
+    finally:
+        served.close()

@@ -68,7 +68,9 @@ async def _errors(request: web.Request, handler):
 @web.middleware
 async def _log_unrouted(request: web.Request, handler):
     """Name API paths nobody answers (a frontend call this server lacks shows up in the log)."""
-    if request.match_info.http_exception is not None and request.path.startswith("/api/"):
+    route = request.match_info.route
+    unrouted = request.match_info.http_exception is not None or isinstance(route.resource, web.StaticResource)
+    if unrouted and request.path.startswith(("/api/", "/internal/")):  # the static files' catch-all is no route
         logger.warning("no route for %s %s", request.method, request.path)
     return await handler(request)
 
