@@ -152,3 +152,35 @@ def test_progress_events_name_blocks_and_steps():
         pipe.add_progress_handler(3)
     with pytest.raises(ValueError, match="not a progress handler"):
         pipe.remove_progress_handler(print)
+
+
+def test_block_run_on_a_pipeline_goes_through_its_executor(folder):
+    """`block.run(pipe, ...)` is a call of the pipeline: progress handlers see it, the block cache serves a repeat,
+    and pipe.interrupt() stops it."""
+    pipe = _load(folder)
+    encoder = pipe.blocks.sub_blocks["text_encoder"]
+    events: list[ProgressEvent] = []
+    handler = pipe.add_progress_handler(events.append)
+    pipe.enable_block_cache("64MB")
+    first = encoder.run(pipe, prompt="a red cat")
+    again = encoder.run(pipe, prompt="a red cat")
+    assert torch.equal(first["prompt_embeds"], again["prompt_embeds"])
+    assert [e.kind for e in events if e.kind.startswith("block")][:2] == ["block_start", "block_end"]
+    assert pipe.block_cache_info().hits >= 1
+    pipe.remove_progress_handler(handler)
+
+
+    toy = ToyDiffusionBlocks().init_pipeline()
+    toy.set_progress_bar_config(disable=True)
+    steps: list[int] = []
+
+    def stop_after_two(event: ProgressEvent) -> None:
+        if event.kind == "step":
+            steps.append(event.step)
+            if event.step == 2:
+                toy.interrupt()
+
+    toy.add_progress_handler(stop_after_two)
+    with pytest.raises(Interrupted, match="at step 3/"):
+        toy.blocks.run(toy, num_points=16, seed=0)
+    assert steps == [1, 2]

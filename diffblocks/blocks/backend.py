@@ -16,7 +16,7 @@ from typing import Any
 __all__ = ["RUNTIME_MODULE", "backend", "register_backend"]
 
 RUNTIME_MODULE = "diffblocks.runtime"
-OPERATIONS = ("init_pipeline", "load_blocks", "save_blocks")
+OPERATIONS = ("init_pipeline", "load_blocks", "save_blocks", "run_block")
 
 _registry: dict[str, Callable[..., Any]] = {}
 

@@ -239,7 +239,10 @@ class ModularPipelineBlocks:
             import torch
 
             with torch.no_grad():
-                _, state = self(components, state)
+                if hasattr(components, "_executor"):  # a ModularPipeline: its executor (interrupt, progress, cache)
+                    state = backend("run_block")(components, self, state)
+                else:
+                    _, state = self(components, state)
         except AttributeError as exc:
             note_missing_field(exc)
             raise

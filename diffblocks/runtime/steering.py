@@ -89,6 +89,19 @@ class SteeringMixin:
         return Executor(self, event, list(self.__dict__.get("_progress_handlers", ())),
                         cache=self.__dict__.get("_block_cache"), tracer=tracer)
 
+    def _run_block(self, block: Any, state: Any) -> Any:
+        """Run one block (`block.run(pipe, ...)`) as a call of this pipeline: per-call scheduler and guider
+        copies, interrupt, progress handlers and the block cache, like `pipe(...)`."""
+        from .call_components import CallComponents
+
+        components = CallComponents(self)
+        try:
+            with self._executor(None) as executor:
+                _, state = executor.run(type(block).__name__, block, components, state)
+        finally:
+            components.finish_call()
+        return state
+
     def _run_blocks(self, state: Any, tracer: Tracer | None, components: Any = None) -> Any:
         blocks = self._blocks
         with self._executor(tracer) as executor:
