@@ -239,7 +239,7 @@ class ModularPipelineBlocks:
             import torch
 
             with torch.no_grad():
-                if hasattr(components, "_executor"):  # a ModularPipeline: its executor (interrupt, progress, cache)
+                if hasattr(type(components), "_executor"):  # a pipeline: its executor (interrupt, progress, cache)
                     state = backend("run_block")(components, self, state)
                 else:
                     _, state = self(components, state)
