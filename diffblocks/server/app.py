@@ -151,6 +151,7 @@ def create_app(engine: Any, *, models_dir: str | Path, input_dir: str | Path, ou
         await hub.stop()
 
     app.on_startup.append(start)
+    app.on_shutdown.append(hub.close_sockets)
     app.on_cleanup.append(stop)
     app[ENGINE], app[QUEUE], app[WORKER] = engine, queue, worker
     return app

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 logger = logging.getLogger(__name__)
 
@@ -65,13 +65,17 @@ class SocketHub:
         self._outbox = asyncio.Queue()
         self._task = asyncio.create_task(self._drain())
 
+    async def close_sockets(self, app: web.Application | None = None) -> None:
+        """Close every client socket (on shutdown, before aiohttp waits for open connections to end)."""
+        for ws in list(self.sockets.values()):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+
     async def stop(self, app: web.Application | None = None) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for ws in list(self.sockets.values()):
-            await ws.close()
+        await self.close_sockets()
 
     # -- sending ------------------------------------------------------------------------------------------
     def send_threadsafe(self, event: str | int, data: Any, sid: str | None = None) -> None:
