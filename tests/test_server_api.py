@@ -260,3 +260,22 @@ def test_docs_client_example_runs(server, tmp_path, monkeypatch):
     exec(compile(code, "docs/server.md", "exec"), namespace)
     assert namespace["png"][:8] == b"\x89PNG\r\n\x1a\n"
     assert Image.open(io.BytesIO(namespace["png"])).size == (64, 64)
+
+
+def test_free_unloads_models_and_the_next_prompt_loads_them_again(server, ws):
+    """POST /free (the frontend's "Unload models" / "Free model and node cache"): after it, the same prompt runs
+    every node again (nothing cached: the checkpoint is loaded anew) and gives the same image."""
+    prompt = workflow(seed=123)
+    first = _queue(server, ws, prompt)
+    ws.until_done(first, timeout=120)
+    again = _queue(server, ws, prompt)
+    got = ws.until_done(again, timeout=120)
+    assert {"3", "4", "9"} <= set(events(got, "execution_cached")[0]["nodes"])  # fully cached before /free
+
+    assert requests.post(f"{server.url}/free", json={"unload_models": True, "free_memory": True}).status_code == 200
+    assert requests.post(f"{server.url}/api/free", json=[]).status_code == 400
+    third = _queue(server, ws, prompt)
+    got = ws.until_done(third, timeout=120)
+    assert events(got, "execution_cached")[0]["nodes"] == []
+    assert {"3", "4", "9"} <= {e["node"] for e in events(got, "executing") if e["node"]}
+    assert _image_of(server, third).tobytes() == _image_of(server, first).tobytes()

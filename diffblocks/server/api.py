@@ -178,6 +178,16 @@ class ApiRoutes:
         self.worker.interrupt(prompt_id)
         return web.Response(status=200)
 
+    async def post_free(self, request: web.Request) -> web.Response:
+        """ComfyUI's `/free` ("Unload models" / "Free model and node cache" in the frontend): `unload_models`
+        drops the loaded checkpoints, `free_memory` also the node output cache; done by the worker between
+        prompts (a running prompt finishes first)."""
+        body = await json_object(request)
+        unload, free = bool(body.get("unload_models", False)), bool(body.get("free_memory", False))
+        if unload or free:
+            self.worker.request_free(unload_models=unload, free_memory=free)
+        return web.Response(status=200)
+
     # -- history and jobs ---------------------------------------------------------------------------------
     async def get_history(self, request: web.Request) -> web.Response:
         max_items = _int_query(request, "max_items", None)
@@ -333,6 +343,7 @@ class ApiRoutes:
         get("/queue")(self.get_queue)
         post("/queue")(self.post_queue)
         post("/interrupt")(self.post_interrupt)
+        post("/free")(self.post_free)
         get("/history")(self.get_history)
         get("/history/{prompt_id}")(self.get_history_item)
         post("/history")(self.post_history)

@@ -106,6 +106,31 @@ class PromptEngine:
         return validate_prompt(prompt, self.registry, self.paths)
 
     # -- interrupt ----------------------------------------------------------------------------------------
+    def free(self, unload_models: bool = False, free_memory: bool = False) -> dict[str, int]:
+        """Release memory between prompts (ComfyUI's `/free`). `free_memory`: drop every cached node output and
+        pipeline; `unload_models`: that, and unregister every loaded component from the ComponentsManager so the
+        models can be collected (checkpoints load again when a prompt needs them). Returns what was dropped."""
+        dropped = {"node_outputs": 0, "components": 0}
+        if not (unload_models or free_memory):
+            return dropped
+        dropped["node_outputs"] = len(self.cache)
+        self.cache.clear()
+        self._pipelines.clear()
+        if unload_models:
+            manager = self.components_manager
+            for component_id in list(manager.components):
+                manager.remove(component_id)
+                dropped["components"] += 1
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        logger.info("freed %(node_outputs)d cached node outputs and %(components)d loaded components", dropped)
+        return dropped
+
     def interrupt(self) -> None:
         """Stop the running `execute` (thread-safe): it raises `diffblocks.Interrupted` before its next node or
         denoise step. An interrupt while nothing runs is forgotten when the next `execute` starts."""

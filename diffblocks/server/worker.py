@@ -33,6 +33,7 @@ class PromptWorker:
         self._running_id: str | None = None
         self._lock = threading.Lock()
         self._stopping = False
+        self._free: dict[str, bool] = {}  # a pending /free request, handled between prompts
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="diffblocks-prompt-worker", daemon=True)
@@ -54,12 +55,29 @@ class PromptWorker:
             self.engine.interrupt()
             return True
 
+    def request_free(self, unload_models: bool, free_memory: bool) -> None:
+        """Ask the worker to free memory (engine.free) before the next prompt, or within a second when idle."""
+        with self._lock:
+            self._free["unload_models"] = self._free.get("unload_models", False) or unload_models
+            self._free["free_memory"] = self._free.get("free_memory", False) or free_memory
+
+    def _free_if_requested(self) -> None:
+        with self._lock:
+            request, self._free = self._free, {}
+        if request:
+            try:
+                self.engine.free(**request)
+            except Exception:  # never fatal for the worker
+                logger.exception("freeing memory failed")
+
     def _loop(self) -> None:
         while not self._stopping:
+            self._free_if_requested()
             got = self.queue.get(timeout=1.0)
             if got is None:
                 continue
             item, task_id = got
+            self._free_if_requested()  # a /free that came while the worker waited for this prompt
             try:
                 self._run(item, task_id)
             except Exception:  # the worker itself must survive whatever a prompt does
