@@ -17,6 +17,15 @@ before anything is timed. The reference's warnings, logging and progress bars ar
 
 `--update-results` rewrites the "## overhead" section of bench/RESULTS.md (other sections untouched).
 Targets (issue 2): ours < 1 ms per call in every scenario; our per-loop-step overhead <= 0.5x the reference's.
+
+The stub part (`--only stub`) times real pipelines with the UNet replaced by a trivial op: the work outside the
+model per denoise step, ours vs the standard pipelines (target, issue 18: <= 1.0x). Before/after a change:
+
+    git archive <commit before> | tar -x -C /tmp/before
+    python bench/overhead.py --only stub --baseline /tmp/before [--alternations 3] [--stub-rounds 5]
+
+runs the stub part on this checkout and on /tmp/before in alternating processes (`--tree` picks the checkout a
+process imports) and shows both sides' ratios to the standard pipeline.
 """
 
 from __future__ import annotations
