@@ -140,3 +140,26 @@ def test_per_step_python_work_stays_near_the_standard_pipeline(sd15_folder, scal
     ref_calls = _calls_per_step(lambda n: ref(**kw, num_inference_steps=n, output_type="latent"))
     # issue 18: 123 calls per step against the standard pipeline's 48 before the hot-path work, 78 after
     assert ours_calls <= 1.75 * ref_calls, (ours_calls, ref_calls)
+
+
+@pytest.mark.parametrize("config", [{}, {"timestep_spacing": "leading", "steps_offset": 1},
+                                    {"use_karras_sigmas": True, "prediction_type": "v_prediction"}],
+                         ids=["linspace", "leading", "karras-v"])
+def test_euler_schedule_constants_give_the_reference_steps_bit_for_bit(config):
+    """Euler computes its per-timestep scalars once per schedule (not per step); every step still equals the
+    reference scheduler's exactly, also after a new schedule replaces the sigmas."""
+    diffusers = pytest.importorskip("diffusers")
+    from diffblocks.components.schedulers import EulerDiscreteScheduler
+
+    config = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", **config}
+    ours, ref = EulerDiscreteScheduler(**config), diffusers.EulerDiscreteScheduler(**config)
+    for steps in (20, 7):  # the second set_timesteps replaces the sigmas: the constants are rebuilt
+        ours.set_timesteps(steps)
+        ref.set_timesteps(steps)
+        x = y = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(steps))
+        for t in ours.timesteps:
+            a, b = ours.scale_model_input(x, t), ref.scale_model_input(y, t)
+            assert torch.equal(a, b)
+            x = ours.step(torch.tanh(a), t, x, return_dict=False)[0]
+            y = ref.step(torch.tanh(b), t, y, return_dict=False)[0]
+            assert torch.equal(x, y)
