@@ -266,3 +266,13 @@ def test_inputs_without_a_fingerprint_run_uncached():
     for _ in range(2):
         pipe(x=torch.ones(2), fn=print, output="y")
     assert RUNS["TakesObject"] == 2 and pipe.block_cache_info().uncached == 2
+
+
+def test_sampling_step_alone_names_what_it_needs():
+    from diffblocks import BlockInputError
+    from diffblocks.presets.common import SampleImageLatentsStep
+
+    pipe = SequentialPipelineBlocks.from_blocks_dict({"sample": SampleImageLatentsStep}).init_pipeline()
+    with pytest.raises(BlockInputError, match=r"SampleImageLatentsStep.*image_posterior.*image_latents") as info:
+        pipe(output="image_latents")
+    assert info.value.input_name == "image_posterior"
