@@ -287,3 +287,50 @@ def test_unet_seg_matches_reference_hook(unets) -> None:
             blurred = ours(**inputs).sample
         assert ours(**inputs).sample.equal(plain)
     assert (blurred - plain).abs().max() > 1e-5
+
+
+@pytest.mark.parametrize("kind", ["layer-skip", "seg"])
+def test_perturbation_acts_only_in_the_thread_that_installed_it(unets, kind) -> None:
+    """One model, two threads: while one thread's pass is perturbed (swapped forwards, forward hooks), another
+    thread's forward on the same model is the plain one; and the perturbed thread still gets its perturbation."""
+    import threading
+
+    from diffblocks.guiders import LayerSkipConfig
+
+    ours, _, inputs = unets
+
+    def install():
+        if kind == "seg":
+            return apply_smoothed_energy(ours, SmoothedEnergyGuidanceConfig(indices=[0], fqn=MID), 2e4, 1e9)
+        return apply_layer_skip(ours, LayerSkipConfig(indices=[0, 1], fqn=MID, skip_attention=False,
+                                                      skip_attention_scores=True, skip_ff=False))
+
+    with torch.no_grad():
+        plain = ours(**inputs).sample
+        with install():
+            perturbed = ours(**inputs).sample
+    assert (perturbed - plain).abs().max() > 1e-5
+    installed, other_done = threading.Event(), threading.Event()
+    seen: dict = {}
+
+    def perturbing() -> None:
+        with torch.no_grad(), install():
+            installed.set()
+            assert other_done.wait(30)
+            seen["perturbed"] = ours(**inputs).sample
+
+    def plain_pass() -> None:
+        assert installed.wait(30)
+        with torch.no_grad():
+            seen["plain"] = ours(**inputs).sample
+        other_done.set()
+
+    threads = [threading.Thread(target=perturbing), threading.Thread(target=plain_pass)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert torch.equal(seen["plain"], plain), "another thread's perturbation leaked into this forward"
+    assert torch.equal(seen["perturbed"], perturbed)
+    assert all("forward" not in m.__dict__ for m in ours.modules())
+    assert all(not m._forward_hooks for m in ours.modules())

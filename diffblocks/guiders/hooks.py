@@ -19,9 +19,12 @@ path (then ``to_out``), exactly as the reference's ``AttentionScoreSkipFunctionM
 
 from __future__ import annotations
 
+import contextvars
 import copy
+import itertools
 import logging
 import math
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -172,40 +175,107 @@ def _self_attentions(block: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Mod
 
 
 # -- installing and removing ------------------------------------------------------------------------
+# Perturbations are installed on the shared model for one pass of one call, but another thread may run the same
+# model at the same time (one pipeline called from several threads). So the swapped forwards are gates: each runs
+# a handle's perturbed forward only in the context (thread) where that handle is active, the original elsewhere.
+_ACTIVE: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar("diffblocks_perturbations",
+                                                                        default=frozenset())
+_SWAP_LOCK = threading.RLock()
+_HANDLE_IDS = itertools.count(1)
+
+
+class _Gate:
+    """`module.forward` while perturbations are installed on it (see above)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+        self.had_own = "forward" in module.__dict__
+        self.previous = module.__dict__.get("forward")
+        self.base = module.forward
+        self.variants: dict[int, Callable[..., Any]] = {}
+        module.forward = self
+
+    def add(self, handle_id: int, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+        # composes with the latest perturbation active in this context (the same handle's earlier swap, or one
+        # merged into it), as plain nested swaps would; never with another thread's
+        active, inner = _ACTIVE.get(), self.base
+        for other in reversed(list(self.variants)):
+            if other in active:
+                inner = self.variants[other]
+                break
+        self.variants[handle_id] = make(inner)
+
+    def discard(self, handle_id: int) -> None:
+        with _SWAP_LOCK:
+            self.variants.pop(handle_id, None)
+            if not self.variants and self.module.__dict__.get("forward") is self:
+                if self.had_own:
+                    self.module.forward = self.previous
+                else:
+                    del self.module.forward
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        variants = self.variants
+        if variants:
+            active = _ACTIVE.get()
+            if active:
+                for handle_id in reversed(list(variants)):
+                    if handle_id in active:
+                        return variants[handle_id](*args, **kwargs)
+        return self.base(*args, **kwargs)
+
+
 class PerturbationHandle:
-    """What one install changed; `remove()` undoes it in reverse order (idempotent)."""
+    """What one install changed; `remove()` undoes it in reverse order (idempotent).
+
+    The perturbation acts only in the context (thread) that created the handle, until it is removed: other threads
+    running the same model meanwhile get the unperturbed forward."""
 
     def __init__(self) -> None:
         self._undo: list[Callable[[], None]] = []
         self.targets: list[str] = []
+        self._id = next(_HANDLE_IDS)
+        self._ids = {self._id}  # this handle's and those merged into it
+        _ACTIVE.set(_ACTIVE.get() | self._ids)
 
     def _swap_forward(self, module: torch.nn.Module, name: str,
                       make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
-        had_own = "forward" in module.__dict__
-        previous = module.__dict__.get("forward")
-        module.forward = make(module.forward)
-
-        def undo() -> None:
-            if had_own:
-                module.forward = previous
-            else:
-                del module.forward
-
-        self._undo.append(undo)
+        with _SWAP_LOCK:
+            gate = module.__dict__.get("forward")
+            if not isinstance(gate, _Gate):
+                gate = _Gate(module)
+            gate.add(self._id, make)
+        handle_id = self._id
+        self._undo.append(lambda: gate.discard(handle_id))
         self.targets.append(name)
+
+    def _add_forward_hook(self, module: torch.nn.Module, hook: Callable[..., Any], name: str) -> None:
+        """`module.register_forward_hook(hook)`, acting only where this handle is active."""
+        handle_id = self._id
+
+        def gated(mod: torch.nn.Module, inputs: Any, output: Any) -> Any:
+            return hook(mod, inputs, output) if handle_id in _ACTIVE.get() else None
+
+        self._add(module.register_forward_hook(gated), name)
 
     def _add(self, handle: Any, name: str) -> None:
         self._undo.append(handle.remove)
         self.targets.append(name)
 
     def merge(self, other: PerturbationHandle) -> None:
+        """Take over `other`'s changes: removing this handle undoes both (both made in this context)."""
         self._undo.extend(other._undo)
         self.targets.extend(other.targets)
-        other._undo = []
+        self._ids |= other._ids
+        other._undo, other._ids = [], set()
+
+    def _deactivate(self) -> None:
+        _ACTIVE.set(_ACTIVE.get() - self._ids)
 
     def remove(self) -> None:
         while self._undo:
             self._undo.pop()()
+        self._deactivate()
 
     def __enter__(self) -> PerturbationHandle:
         return self
@@ -389,7 +459,7 @@ def apply_smoothed_energy(model: torch.nn.Module, config: SmoothedEnergyGuidance
             for ident in identifiers:
                 proj = getattr(attn, ident, None)
                 if isinstance(proj, torch.nn.Linear):
-                    handle._add(proj.register_forward_hook(hook), f"{config.fqn}.{index}.{name}.{ident}")
+                    handle._add_forward_hook(proj, hook, f"{config.fqn}.{index}.{name}.{ident}")
     if not len(handle):
         raise ValueError(f"no query projections {identifiers} found in {config.fqn} blocks {config.indices}.")
     return handle
