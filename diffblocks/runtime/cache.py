@@ -71,17 +71,23 @@ class _Entry:
         return all(t._version == v for t, v in self.tensors)
 
 
-def _walk_tensors(value: Any, out: list) -> None:
+def walk_tensors(value: Any, out: list, unwrap: Any = None) -> None:
+    """Append every tensor inside `value` (nested lists, tuples, dicts) to `out`. `unwrap(obj)` may return the
+    contents of other containers (e.g. the server's conditioning objects), or None."""
     import torch
 
     if isinstance(value, torch.Tensor):
         out.append(value)
     elif isinstance(value, (list, tuple)):
         for item in value:
-            _walk_tensors(item, out)
+            walk_tensors(item, out, unwrap)
     elif isinstance(value, dict):
         for item in value.values():
-            _walk_tensors(item, out)
+            walk_tensors(item, out, unwrap)
+    elif unwrap is not None:
+        inner = unwrap(value)
+        if inner is not None:
+            walk_tensors(inner, out, unwrap)
 
 
 def _hand_out(value: Any) -> Any:
@@ -196,7 +202,7 @@ class BlockCache:
         outputs = [(n, v, groups.get(n)) for n, v in state.values.items() if before.get(n, missing) is not v]
         tensors: list = []
         for _, value, _ in outputs:
-            _walk_tensors(value, tensors)
+            walk_tensors(value, tensors)
         storages = {}
         for t in tensors:
             try:

@@ -49,23 +49,31 @@ class FileRoutes:
     def _folder(self, kind: str | None, default: str) -> Path | None:
         return self.folders.get(kind or default)
 
+    def _file(self, filename: str, kind: str | None, subfolder: str, what: str) -> Path | web.Response:
+        """The existing file a (filename, type, subfolder) reference names, inside its folder; else the error
+        response (`what` prefixes the messages: which field of the request was wrong)."""
+        name, annotated = _annotated(filename)
+        if not name or os.path.isabs(name) or name.startswith(("/", "\\")) or ".." in name:
+            return web.Response(status=400, text=f"{what}filename must be a plain name inside the folder")
+        folder = self._folder(annotated or kind, "output")
+        if folder is None:
+            return web.Response(status=400, text=f"{what}type must be one of output, input, temp")
+        directory = inside(folder, subfolder)
+        if directory is None:
+            return web.Response(status=403, text=f"{what}subfolder leaves the folder")
+        path = inside(directory, os.path.basename(name))
+        if path is None or not path.is_file():
+            return web.Response(status=404, text=f"{what}file does not exist")
+        return path
+
     # -- GET /view ----------------------------------------------------------------------------------------
     async def view(self, request: web.Request) -> web.StreamResponse:
         query = request.rel_url.query
         if "filename" not in query:
             return web.Response(status=404)
-        filename, kind = _annotated(query["filename"])
-        if not filename or os.path.isabs(filename) or filename.startswith(("/", "\\")) or ".." in filename:
-            return web.Response(status=400, text="filename must be a plain name inside the folder")
-        folder = self._folder(kind or query.get("type"), "output")
-        if folder is None:
-            return web.Response(status=400, text="type must be one of output, input, temp")
-        directory = inside(folder, query.get("subfolder", ""))
-        if directory is None:
-            return web.Response(status=403, text="subfolder leaves the folder")
-        path = inside(directory, os.path.basename(filename))
-        if path is None or not path.is_file():
-            return web.Response(status=404)
+        path = self._file(query["filename"], query.get("type"), query.get("subfolder", ""), "")
+        if isinstance(path, web.Response):
+            return path
         headers = {"Content-Disposition": f'filename="{path.name}"'}
         channel = query.get("channel", "rgba")
         if "preview" in query:
@@ -119,18 +127,9 @@ class FileRoutes:
             return web.Response(status=400, text="original_ref must be JSON naming the original image")
         if not isinstance(ref, dict) or not ref.get("filename"):
             return web.Response(status=400, text="original_ref must name the original image's filename")
-        name, kind = _annotated(str(ref["filename"]))
-        if os.path.isabs(name) or ".." in name:
-            return web.Response(status=400, text="original_ref filename must be a plain name")
-        folder = self._folder(kind or ref.get("type"), "output")
-        if folder is None:
-            return web.Response(status=400, text="original_ref type must be one of output, input, temp")
-        directory = inside(folder, ref.get("subfolder", ""))
-        if directory is None:
-            return web.Response(status=403, text="original_ref subfolder leaves the folder")
-        original = inside(directory, name)
-        if original is None or not original.is_file():
-            return web.Response(status=404, text="the original image does not exist")
+        original = self._file(str(ref["filename"]), ref.get("type"), ref.get("subfolder", ""), "original_ref ")
+        if isinstance(original, web.Response):
+            return original
         return self._store(post, original)
 
     def _store(self, post, original: Path | None) -> web.Response:

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ..runtime.cache import walk_tensors
 from .nodes.values import tensor_bytes
 
 __all__ = ["CacheEntry", "NodeOutputCache", "signature"]
@@ -39,17 +40,9 @@ class CacheEntry:
         return all(t._version == v for t, v in self.versions)
 
 
-def _tensors(value: Any, out: list[torch.Tensor]) -> None:
-    if isinstance(value, torch.Tensor):
-        out.append(value)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _tensors(item, out)
-    elif isinstance(value, dict):
-        for item in value.values():
-            _tensors(item, out)
-    elif hasattr(value, "embeds") and isinstance(value.embeds, dict):  # Conditioning
-        _tensors(value.embeds, out)
+def _conditioning_embeds(value: Any) -> dict | None:
+    embeds = getattr(value, "embeds", None)
+    return embeds if isinstance(embeds, dict) else None
 
 
 def signature(class_type: str, constants: dict[str, Any], links: dict[str, tuple[str, int]],
@@ -88,7 +81,7 @@ class NodeOutputCache:
 
     def put(self, key: str, outputs: tuple, ui: dict[str, Any] | None) -> CacheEntry:
         tensors: list[torch.Tensor] = []
-        _tensors(outputs, tensors)
+        walk_tensors(outputs, tensors, _conditioning_embeds)
         entry = CacheEntry(outputs, ui, tensor_bytes(outputs), [(t, t._version) for t in tensors])
         with self._lock:
             if key in self._entries:
