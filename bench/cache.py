@@ -23,7 +23,6 @@ import gc
 import logging
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-RESULTS = ROOT / "bench" / "RESULTS.md"
+from results import update_section  # noqa: E402  (bench/results.py)
 
 
 def _quiet() -> None:
@@ -159,19 +158,14 @@ def main() -> None:
     if args.update_results:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                 text=True).stdout.strip()
-        section = (f"## cache\n\n`python bench/cache.py` ({datetime.date.today()}, commit {commit}, "
+        section = (f"`python bench/cache.py` ({datetime.date.today()}, commit {commit}, "
                    f"{platform.processor() or platform.machine()}, CPU, 1 thread, CPU time; GPU not run). Re-run with "
                    f"only a "
                    f"new seed, block cache on vs off, interleaved, median of {3 if args.quick else 9} rounds; "
                    f"images identical. The cache saves the blocks listed (text encoding; for image-to-image also the "
                    f"init image's VAE encode), so the gain is bounded by their share of the uncached call: "
                    f"1 / (1 - share).\n\n{table}\n")
-        text = RESULTS.read_text()
-        if "## cache\n" in text:
-            text = re.sub(r"## cache\n.*?(?=\n## |\Z)", section, text, flags=re.S)
-        else:
-            text = text.rstrip("\n") + "\n\n" + section
-        RESULTS.write_text(text)
+        update_section("cache", section)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "RESULTS.md"
+from results import update_section  # noqa: E402  (bench/results.py)
 
 CHILD = r"""
 import json, os, re, sys, time, warnings
@@ -179,17 +178,6 @@ def git_commit() -> str:
         return "unknown"
 
 
-def update_results(text: str, heading: str = "loading") -> None:
-    existing = RESULTS.read_text() if RESULTS.exists() else ""
-    section = f"## {heading}\n\n" + text.rstrip() + "\n"
-    pattern = re.compile(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(existing):
-        new = pattern.sub(lambda _: section + "\n", existing, count=1)
-    else:
-        new = existing.rstrip() + ("\n\n" if existing.strip() else "") + section
-    RESULTS.write_text(new.rstrip() + "\n")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -214,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     table = HEADER + "\n" + "\n".join(format_row(r) for r in rows)
     print("\n" + header + "\n\n" + table)
     if args.update_results:
-        update_results(
+        update_section("loading",
             "`bench/loading.py`: `from_pretrained` of full-size SD 1.5 UNet (3.4 GB fp32) and VAE (0.33 GB) "
             "checkpoints with random weights, ours vs the reference, fp32 and fp32 -> fp16, file in the page cache "
             "and evicted from it (posix_fadvise). `load` = from_pretrained alone (both libraries map the file "

@@ -36,7 +36,6 @@ import gc
 import logging
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -48,7 +47,8 @@ from types import SimpleNamespace
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "RESULTS.md"
+from results import update_section  # noqa: E402  (bench/results.py)
+
 # `--tree PATH` measures the diffblocks (and test fixtures) of another checkout, e.g. an export of the commit
 # before a change (used by `--baseline`); RESULTS.md is always this checkout's
 TREE = Path(sys.argv[sys.argv.index("--tree") + 1]).resolve() if "--tree" in sys.argv[:-1] else ROOT
@@ -527,17 +527,6 @@ EXPLANATION = (
 )
 
 
-def update_results(text: str, heading: str = "overhead") -> None:
-    existing = RESULTS.read_text() if RESULTS.exists() else ""
-    section = f"## {heading}\n\n" + text.rstrip() + "\n"
-    pattern = re.compile(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(existing):
-        new = pattern.sub(lambda _: section + "\n", existing, count=1)
-    else:
-        new = existing.rstrip() + ("\n\n" if existing.strip() else "") + section
-    RESULTS.write_text(new.rstrip() + "\n")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=200, help="timed samples per figure (median taken)")
@@ -568,7 +557,8 @@ def main(argv: list[str] | None = None) -> None:
             args.json.write_text(json.dumps(raw))
         sys.stdout.write("\n" + stub_table + "\n")
         if args.update_results:
-            update_results(
+            update_section(
+                "denoise step overhead (stub model)",
                 "`bench/overhead.py` (stub part): work outside the model per denoise step, real pipelines on the tiny "
                 "test folders (64x64, Euler) with the UNet's forward replaced by the same trivial op everywhere: "
                 "ours vs the reference's standard pipelines and its modular SDXL pipeline, CFG on (2 passes) and off. "
@@ -583,8 +573,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"Date {datetime.date.today().isoformat()}; machine: {machine()}; commit {git_commit()}; "
                 + (f"{args.alternations} x {3 if args.quick else args.stub_rounds} rounds per side"
                    if args.baseline is not None else f"{3 if args.quick else args.stub_rounds} rounds")
-                + f".\n\n{stub_table}\n",
-                heading="denoise step overhead (stub model)")
+                + f".\n\n{stub_table}\n")
         if args.only == "stub":
             return
     check_parity(ours_ns, ref_ns)
@@ -603,7 +592,7 @@ def main(argv: list[str] | None = None) -> None:
             "--update-results` to refresh this section.\n\n"
             f"{header}\n\n{table}\n\n" + "\n".join(lines) + "\n\n" + EXPLANATION
         )
-        update_results(body)
+        update_section("overhead", body)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import gc
 import logging
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-RESULTS = ROOT / "bench" / "RESULTS.md"
+from results import update_section  # noqa: E402  (bench/results.py)
 
 
 def _quiet() -> None:
@@ -204,17 +203,6 @@ def run(steps: int, rounds: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_results(text: str) -> None:
-    existing = RESULTS.read_text() if RESULTS.exists() else ""
-    section = "## pipelines\n\n" + text.rstrip() + "\n"
-    pattern = re.compile(r"^## pipelines\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(existing):
-        new = pattern.sub(lambda _: section + "\n", existing, count=1)
-    else:
-        new = existing.rstrip() + ("\n\n" if existing.strip() else "") + section
-    RESULTS.write_text(new.rstrip() + "\n")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few steps and rounds (smoke run)")
@@ -231,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(text)
     if args.update_results:
-        update_results(text)
+        update_section("pipelines", text)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import datetime
 import logging
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-RESULTS = ROOT / "bench" / "RESULTS.md"
+from results import update_section  # noqa: E402  (bench/results.py)
 
 
 def _median_time(fn, n: int = 20) -> float:
@@ -107,18 +106,13 @@ def main() -> None:
     if args.update_results:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                 text=True).stdout.strip()
-        section = (f"## previews\n\n`python bench/previews.py` ({datetime.date.today()}, commit {commit}, "
+        section = (f"`python bench/previews.py` ({datetime.date.today()}, commit {commit}, "
                    f"{platform.processor() or platform.machine()}, CPU, 1 thread; GPU not run). Projection error "
                    f"(mean absolute, [0, 1] units, 64x64 images, 8 held-out images) against the full VAE decode "
                    f"on the tiny fixture VAEs (random weights). The published factors are ComfyUI's for the real "
                    f"VAEs and are not expected to fit random VAEs; with a real VAE, `fit_latent_rgb` gives factors "
                    f"fitted the same way.\n\n{table}\n")
-        text = RESULTS.read_text()
-        if "## previews\n" in text:
-            text = re.sub(r"## previews\n.*?(?=\n## |\Z)", section, text, flags=re.S)
-        else:
-            text = text.rstrip("\n") + "\n\n" + section
-        RESULTS.write_text(text)
+        update_section("previews", section)
 
 
 if __name__ == "__main__":
